@@ -1,0 +1,144 @@
+"""PATNet's token mixers and the MLP's spatial attention.
+
+All mixers split the channels into ``Cp = C // n_div`` convolved channels (a 3x3 conv, FasterNet's
+PConv) and ``Cu = C - Cp`` "untouched" ones, which PATNet gives cheap attention instead of nothing:
+
+* :class:`PartialConv` — FasterNet's PConv: untouched channels pass through.
+* :class:`PartialChannelAttn` — PAT_ch: a gate from per-channel mean and std (stages 1-3).
+* :class:`PartialSelfAttn` — PAT_sf: multi-head self-attention with relative position bias (stage 4).
+* :class:`PartialSpatialAttn` — PAT_sp: appended to the MLP, a one-channel spatial gate on half the
+  channels and a 1x1 conv on the other half.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rel_pos import RelPosBias
+
+
+def split_channels(dim: int, n_div: int) -> tuple[int, int]:
+    """(convolved, untouched) channel counts of a partial mixer of width ``dim``."""
+    conv_dim = dim // n_div
+    if conv_dim < 1:
+        raise ValueError(f"n_div={n_div} leaves no channel to convolve at width {dim}; use n_div <= {dim}")
+    return conv_dim, dim - conv_dim
+
+
+class PartialConv(nn.Module):
+    """PConv: ``[conv3x3(x[:, :Cp]), x[:, Cp:]]``."""
+
+    def __init__(self, dim: int, n_div: int = 4, device=None, dtype=None):
+        super().__init__()
+        self.conv_dim, self.untouched_dim = split_channels(dim, n_div)
+        self.conv = nn.Conv2d(self.conv_dim, self.conv_dim, 3, 1, 1, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
+        return torch.cat((self.conv(convolved), untouched), dim=1)
+
+
+class GaussianChannelGate(nn.Module):
+    """PAT_ch's gate: ``hsig(BN(conv_(1,2)([mean, std])))`` per sample and channel, std unbiased.
+
+    The (1, 2) conv is a full cross-channel map of the two statistics (``2 * C * C`` weights).
+    """
+
+    def __init__(self, dim: int, device=None, dtype=None):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size=(1, 2), bias=False, device=device, dtype=dtype)
+        self.norm = nn.BatchNorm2d(dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            raise ValueError(
+                "PAT_ch's gate normalises per-sample statistics with BatchNorm, which needs a batch of at "
+                "least 2 in training mode; use a larger batch (drop_last=True) or call model.eval()")
+        std, mean = torch.std_mean(x, dim=(2, 3))
+        stats = torch.stack((mean, std), dim=-1).unsqueeze(2)  # (B, C, 1, 2)
+        return F.hardsigmoid(self.norm(self.conv(stats)))
+
+
+class PartialChannelAttn(nn.Module):
+    """PAT_ch: ``[conv3x3(Xp), BN(Xu * gate(Xu))]``."""
+
+    def __init__(self, dim: int, n_div: int = 4, device=None, dtype=None):
+        super().__init__()
+        self.conv_dim, self.untouched_dim = split_channels(dim, n_div)
+        self.conv = nn.Conv2d(self.conv_dim, self.conv_dim, 3, 1, 1, bias=False, device=device, dtype=dtype)
+        self.gate = GaussianChannelGate(self.untouched_dim, device=device, dtype=dtype)
+        self.norm = nn.BatchNorm2d(self.untouched_dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
+        return torch.cat((self.conv(convolved), self.norm(untouched * self.gate(untouched))), dim=1)
+
+
+class RelPosSelfAttention(nn.Module):
+    """Multi-head self-attention over all tokens of a ``(B, C, H, W)`` map, with relative position bias.
+
+    Takes and returns tokens ``(B, H*W, C)``; ``qkv`` has no bias, ``proj`` has one.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4, attn_drop: float = 0.1, proj_drop: float = 0.1,
+                 device=None, dtype=None):
+        super().__init__()
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} does not divide the attention width {dim}; "
+                             f"choose a divisor of {dim}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3, bias=False, device=device, dtype=dtype)
+        self.rel_pos = RelPosBias(num_heads, device=device, dtype=dtype)
+        self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, tokens: Tensor, height: int, width: int) -> Tensor:
+        batch, length, dim = tokens.shape
+        qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self.rel_pos(height, width).to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
+        out = out.transpose(1, 2).reshape(batch, length, dim)
+        return self.proj_drop(self.proj(out))
+
+
+class PartialSelfAttn(nn.Module):
+    """PAT_sf: ``[conv3x3(Xp), Attn(LayerNorm(Xu))]`` (the block adds its own residual)."""
+
+    def __init__(self, dim: int, n_div: int = 4, num_heads: int = 4, attn_drop: float = 0.1,
+                 proj_drop: float = 0.1, device=None, dtype=None):
+        super().__init__()
+        self.conv_dim, self.untouched_dim = split_channels(dim, n_div)
+        self.conv = nn.Conv2d(self.conv_dim, self.conv_dim, 3, 1, 1, bias=False, device=device, dtype=dtype)
+        self.norm = nn.LayerNorm(self.untouched_dim, eps=1e-6, device=device, dtype=dtype)
+        self.attn = RelPosSelfAttention(self.untouched_dim, num_heads, attn_drop, proj_drop, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, _, height, width = x.shape
+        convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
+        tokens = self.norm(untouched.flatten(2).transpose(1, 2))
+        attended = self.attn(tokens, height, width).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
+        return torch.cat((self.conv(convolved), attended), dim=1)
+
+
+class PartialSpatialAttn(nn.Module):
+    """PAT_sp: ``[BN(A * hsig(conv1x1(A) -> 1 channel)), conv1x1(BN(B))]`` with A the first ``C - C//2``."""
+
+    def __init__(self, dim: int, device=None, dtype=None):
+        super().__init__()
+        self.conv_dim = dim // 2
+        self.attn_dim = dim - self.conv_dim
+        self.gate_conv = nn.Conv2d(self.attn_dim, 1, 1, bias=False, device=device, dtype=dtype)
+        self.gate_norm = nn.BatchNorm2d(self.attn_dim, device=device, dtype=dtype)
+        self.pre_norm = nn.BatchNorm2d(self.conv_dim, device=device, dtype=dtype)
+        self.conv = nn.Conv2d(self.conv_dim, self.conv_dim, 1, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        attended, convolved = torch.split(x, [self.attn_dim, self.conv_dim], dim=1)
+        attended = self.gate_norm(attended * F.hardsigmoid(self.gate_conv(attended)))
+        return torch.cat((attended, self.conv(self.pre_norm(convolved))), dim=1)

@@ -1,0 +1,478 @@
+"""PATNet: Partial visual ATtention networks.
+
+Paper: "Partial Convolution Meets Visual Attention" - https://arxiv.org/abs/2503.03148
+(extended as PartialNet, https://arxiv.org/abs/2502.01303). Authors' code: https://github.com/haiduo/PartialNet
+
+PATNet is FasterNet (https://arxiv.org/abs/2303.03667) whose partial convolution gives the channels it
+leaves untouched cheap attention: a channel gate (PAT_ch) in stages 1-3, self-attention with relative
+position bias (PAT_sf) in stage 4, and optionally a spatial gate after each MLP (PAT_sp).
+The registered variants reproduce the authors' released configurations exactly; every architectural
+choice is a keyword argument. Importing this module registers ``patnet_t0 ... patnet_l`` with timm.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, SelectAdaptivePool2d, calculate_drop_path_rates, get_act_layer, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._helpers import load_state_dict
+
+from ..layers import PartialChannelAttn, PartialConv, PartialSelfAttn, PartialSpatialAttn
+
+__all__ = ["PATNet", "checkpoint_filter_fn"]
+
+MIXERS = ("pconv", "pat_ch", "pat_sf")
+
+
+def _mlp(dim: int, mlp_ratio: float, act_layer: Type[nn.Module], spatial_attn: bool, dd: dict) -> nn.Sequential:
+    hidden_dim = int(dim * mlp_ratio)
+    layers: List[nn.Module] = [
+        nn.Conv2d(dim, hidden_dim, 1, bias=False, **dd),
+        nn.BatchNorm2d(hidden_dim, **dd),
+        act_layer(),
+        nn.Conv2d(hidden_dim, dim, 1, bias=False, **dd),
+    ]
+    if spatial_attn:
+        layers.append(PartialSpatialAttn(dim, **dd))
+    return nn.Sequential(*layers)
+
+
+class PatBlock(nn.Module):
+    """One block: a partial token mixer and a 1x1-conv MLP.
+
+    ``pconv``/``pat_ch``: ``x + DropPath(MLP(mixer(x)))`` (FasterNet's single residual).
+    ``pat_sf``: ``x1 = x + mixer(x)``, then ``x1 + DropPath(MLP(x1))``.
+    """
+
+    def __init__(self, dim: int, mixer: str = "pat_ch", n_div: int = 4, mlp_ratio: float = 2.0,
+                 act_layer: Type[nn.Module] = nn.ReLU, drop_path: float = 0.0, spatial_attn: bool = False,
+                 num_heads: int = 4, attn_drop: float = 0.1, proj_drop: float = 0.1, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        if mixer == "pconv":
+            self.spatial_mixing = PartialConv(dim, n_div, **dd)
+        elif mixer == "pat_ch":
+            self.spatial_mixing = PartialChannelAttn(dim, n_div, **dd)
+        elif mixer == "pat_sf":
+            self.spatial_mixing = PartialSelfAttn(dim, n_div, num_heads, attn_drop, proj_drop, **dd)
+        else:
+            raise ValueError(f"unknown mixer {mixer!r}; choose one of {MIXERS}")
+        self.mixer_residual = mixer == "pat_sf"
+        self.mlp = _mlp(dim, mlp_ratio, act_layer, spatial_attn, dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mixer_residual:
+            x = x + self.spatial_mixing(x)
+            return x + self.drop_path(self.mlp(x))
+        return x + self.drop_path(self.mlp(self.spatial_mixing(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Stem: ``BN(conv(in_chans -> C0, kernel patch_size, stride patch_stride))``."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4, patch_stride: int = 4, device=None, dtype=None):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_stride, bias=False, device=device, dtype=dtype)
+        self.norm = nn.BatchNorm2d(embed_dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj(x))
+
+
+class PatchMerging(nn.Module):
+    """Downsampling between stages: ``BN(conv(C -> 2C, kernel 2, stride 2))``."""
+
+    def __init__(self, dim: int, out_dim: int, device=None, dtype=None):
+        super().__init__()
+        self.reduction = nn.Conv2d(dim, out_dim, 2, 2, bias=False, device=device, dtype=dtype)
+        self.norm = nn.BatchNorm2d(out_dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.reduction(x))
+
+
+class PatStage(nn.Module):
+    """Optional downsampling followed by ``depth`` blocks of one mixer type."""
+
+    def __init__(self, dim: int, depth: int, mixer: str, drop_path: Sequence[float], downsample: bool, **block_kwargs):
+        super().__init__()
+        dd = {"device": block_kwargs.get("device"), "dtype": block_kwargs.get("dtype")}
+        self.grad_checkpointing = False
+        self.downsample = PatchMerging(dim // 2, dim, **dd) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            PatBlock(dim, mixer, drop_path=drop_path[i], **block_kwargs) for i in range(depth)
+        ])
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def _resolve_act_layer(act_layer: Union[str, Type[nn.Module]]) -> Type[nn.Module]:
+    """An activation class from a class or a timm name such as "relu" or "gelu"."""
+    try:
+        resolved = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
+    except KeyError:
+        resolved = None
+    if not callable(resolved):
+        raise ValueError(f"act_layer={act_layer!r} is not an activation; pass a class such as nn.GELU or a timm "
+                         f"name such as 'relu', 'gelu', 'silu'")
+    return resolved
+
+
+class PATNet(nn.Module):
+    """PATNet backbone and classifier (timm model contract)."""
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "avg",
+            embed_dim: int = 64,
+            depths: Sequence[int] = (2, 2, 6, 4),
+            mlp_ratio: float = 2.0,
+            n_div: int = 4,
+            patch_size: int = 4,
+            patch_stride: Optional[int] = None,
+            feature_dim: int = 1280,
+            act_layer: Union[str, Type[nn.Module]] = nn.ReLU,
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            spatial_attn: bool = False,
+            num_heads: int = 4,
+            mixers: Optional[Sequence[str]] = None,
+            attn_drop: float = 0.1,
+            proj_drop: float = 0.1,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            embed_dim: width of stage 1; stage i has ``embed_dim * 2**i`` channels.
+            depths: blocks per stage.
+            mlp_ratio: MLP hidden width over block width.
+            n_div: a mixer convolves ``C // n_div`` channels and attends to the rest.
+            patch_size, patch_stride: stem kernel and stride (stride defaults to the kernel size).
+            feature_dim: width of the 1x1 conv between pooling and classifier.
+            act_layer: activation class or timm name ("relu", "gelu", ...).
+            drop_rate: dropout before the classifier. drop_path_rate: final stochastic depth rate.
+            spatial_attn: append PAT_sp to every MLP.
+            num_heads: heads of PAT_sf.
+            mixers: mixer per stage, from ``("pconv", "pat_ch", "pat_sf")``; default PAT_ch everywhere
+                but the last stage, which uses PAT_sf.
+            attn_drop, proj_drop: PAT_sf's attention and projection dropout (the authors use 0.1).
+        """
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        depths = tuple(int(d) for d in depths)
+        num_stages = len(depths)
+        if num_stages < 1 or min(depths) < 1:
+            raise ValueError(f"depths must list at least one block per stage, got {depths}")
+        mixers = tuple(mixers) if mixers is not None else ("pat_ch",) * (num_stages - 1) + ("pat_sf",)
+        if len(mixers) != num_stages or any(m not in MIXERS for m in mixers):
+            raise ValueError(f"mixers must give one of {MIXERS} for each of the {num_stages} stages, got {mixers}")
+        if embed_dim < 1:
+            raise ValueError(f"embed_dim must be positive, got {embed_dim}")
+        act_layer = _resolve_act_layer(act_layer)
+        patch_stride = patch_size if patch_stride is None else patch_stride
+
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.patch_size, self.patch_stride = patch_size, patch_stride
+        self.mixers = mixers
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, patch_stride, **dd)
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+        block_kwargs = dict(n_div=n_div, mlp_ratio=mlp_ratio, act_layer=act_layer, spatial_attn=spatial_attn,
+                            num_heads=num_heads, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+        stages = []
+        self.feature_info = []
+        for i in range(num_stages):
+            dim = embed_dim * 2 ** i
+            stages.append(PatStage(dim, depths[i], mixers[i], dpr[i], downsample=i > 0, **block_kwargs))
+            self.feature_info.append(dict(num_chs=dim, reduction=patch_stride * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self._update_min_input_size()
+
+        self.num_features = embed_dim * 2 ** (num_stages - 1)
+        self.head_hidden_size = feature_dim
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        self.conv_head = nn.Conv2d(self.num_features, feature_dim, 1, bias=False, **dd)
+        self.act = act_layer()
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.classifier = nn.Linear(feature_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {name for name, _ in self.named_parameters() if name.endswith("rel_pos.bias_table")}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^conv_head", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        param = self.conv_head.weight if isinstance(self.conv_head, nn.Conv2d) else None
+        dd = {"device": param.device, "dtype": param.dtype} if param is not None else {}
+        self.classifier = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self._init_weights(self.classifier)
+
+    def _update_min_input_size(self) -> None:
+        """Smallest height (or width) the network takes: the last stage must keep one pixel."""
+        self.min_input_size = ((1 << (len(self.stages) - 1)) - 1) * self.patch_stride + self.patch_size
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D (batch, channels, height, width) tensor, got shape {list(x.shape)}; "
+                             f"add a batch dimension with x.unsqueeze(0)")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point image tensor, got {x.dtype}; convert it, e.g. x.float() / 255, "
+                            f"then normalize")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}; create the model with "
+                             f"in_chans={x.shape[1]} or convert the images")
+        smallest = self.min_input_size
+        if x.shape[2] < smallest or x.shape[3] < smallest:
+            raise ValueError(f"input of {x.shape[2]}x{x.shape[3]} is too small: this network needs at least "
+                             f"{smallest}x{smallest}; resize the images or use a smaller patch_size/patch_stride")
+
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """Final features and the outputs of the selected stages (``indices``: last n if int, all if None)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        self._check_input(x)
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.patch_embed(x)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        for index, stage in enumerate(stages):
+            x = stage(x)
+            if index in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and head) not needed for the selected intermediates."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        pruned_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        self._update_min_input_size()
+        if pruned_end:
+            self.num_features = self.feature_info[max_index]["num_chs"]
+        if prune_head or pruned_end:
+            self.conv_head = nn.Identity()
+            self.act = nn.Identity()
+            self.head_hidden_size = self.num_features
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return self.stages(self.patch_embed(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.flatten(self.act(self.conv_head(self.global_pool(x))))
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# Authors' layout -> ours. Their `stages` list interleaves stages (even) and merging layers (odd).
+_OFFICIAL_RENAMES = (
+    (r"^avgpool_pre_head\.1\.", "conv_head."),
+    (r"^head\.", "classifier."),
+    (r"^stages\.(\d+)\.blocks\.", lambda m: f"stages.{int(m.group(1)) // 2}.blocks."),
+    (r"^stages\.(\d+)\.(reduction|norm)\.", lambda m: f"stages.{(int(m.group(1)) + 1) // 2}.downsample.{m.group(2)}."),
+    (r"\.spatial_mixing\.partial_conv3\.", ".spatial_mixing.conv."),
+    (r"\.spatial_mixing\.attn\.cfc1\.", ".spatial_mixing.gate.conv."),
+    (r"\.spatial_mixing\.attn\.bn\.", ".spatial_mixing.gate.norm."),
+    (r"\.spatial_mixing\.attn\.rpe_k\.lookup_table_bias$", ".spatial_mixing.attn.rel_pos.bias_table"),
+    (r"\.mlp\.4\.conv_attn\.", ".mlp.4.gate_conv."),
+    (r"\.mlp\.4\.norm\.", ".mlp.4.gate_norm."),
+    (r"\.mlp\.4\.norm2\.", ".mlp.4.pre_norm."),
+)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: Optional[nn.Module] = None) -> Dict[str, Tensor]:
+    """Convert the authors' state dict (plain, or Lightning-wrapped with a ``model.`` prefix) to ours.
+
+    State dicts already in this package's layout pass through unchanged.
+    """
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    if all(k.startswith("model.") for k in state_dict):
+        state_dict = {k[len("model."):]: v for k, v in state_dict.items()}
+    if not any(k.startswith(("avgpool_pre_head.", "head.")) or ".partial_conv3." in k for k in state_dict):
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        if not torch.is_tensor(value):
+            continue
+        for pattern, replacement in _OFFICIAL_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    return out
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "classifier",
+        "paper_ids": "arXiv:2503.03148", "paper_name": "Partial Convolution Meets Visual Attention",
+        "origin_url": "https://github.com/haiduo/PartialNet", "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "patnet_t0": _cfg(),
+    "patnet_t1": _cfg(),
+    "patnet_t2": _cfg(),
+    "patnet_s": _cfg(),
+    "patnet_m": _cfg(),
+    "patnet_l": _cfg(),
+})
+
+
+def _read_checkpoint(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Read the local checkpoint named by ``pretrained_cfg_overlay['file']`` safely (weights only).
+
+    Returns the overlay to build with: the state dict passed through, and ``num_classes`` set to the
+    checkpoint's own so that timm keeps its classifier when the class counts agree (and drops it, for
+    fine-tuning, when they don't).
+    """
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    path = overlay.pop("file", None)
+    if not path:
+        raise ValueError(f"no pretrained weights are hosted for {variant}; pass a local checkpoint with "
+                         f"pretrained_cfg_overlay=dict(file=PATH)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state_dict = load_state_dict(path, weights_only=True)
+    except Exception as exc:  # torch, pickle, zipfile and safetensors each raise their own type for a bad file
+        if "unsupported global" in str(exc).lower():  # the weights-only unpickler names the code it refused to import
+            raise ValueError(f"refusing to load {path}: it is not a plain weights file (unpickling it would run "
+                             f"code from the file); re-save it as a state dict or as safetensors") from exc
+        raise ValueError(f"could not read checkpoint {path} (corrupt or not a weights file): "
+                         f"{' '.join(str(exc).split())[:200]}") from exc
+    classifier = checkpoint_filter_fn(state_dict, None).get("classifier.weight")
+    if classifier is not None and "num_classes" not in overlay:
+        overlay["num_classes"] = classifier.shape[0]
+    overlay["state_dict"] = state_dict
+    return overlay
+
+
+def _create_patnet(variant: str, pretrained: bool = False, **kwargs: Any) -> PATNet:
+    if pretrained:
+        kwargs["pretrained_cfg_overlay"] = _read_checkpoint(variant, kwargs)
+    try:
+        return build_model_with_cfg(
+            PATNet, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+            **kwargs,
+        )
+    except RuntimeError as exc:
+        message = " ".join(str(exc).split())
+        if not pretrained or "Error(s) in loading state_dict" not in message:
+            raise
+        raise ValueError(f"the checkpoint does not fit {variant} with the given arguments: {message[:400]}; "
+                         f"pass the architecture keywords it was trained with") from exc
+
+
+@register_model
+def patnet_t0(pretrained: bool = False, **kwargs: Any) -> PATNet:
+    model_args = dict(embed_dim=32, depths=(1, 2, 8, 2), act_layer=nn.GELU, drop_path_rate=0.0)
+    return _create_patnet("patnet_t0", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def patnet_t1(pretrained: bool = False, **kwargs: Any) -> PATNet:
+    model_args = dict(embed_dim=48, depths=(1, 2, 8, 2), act_layer=nn.GELU, drop_path_rate=0.02, spatial_attn=True)
+    return _create_patnet("patnet_t1", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def patnet_t2(pretrained: bool = False, **kwargs: Any) -> PATNet:
+    model_args = dict(embed_dim=64, depths=(2, 2, 6, 4), act_layer=nn.ReLU, drop_path_rate=0.05)
+    return _create_patnet("patnet_t2", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def patnet_s(pretrained: bool = False, **kwargs: Any) -> PATNet:
+    model_args = dict(embed_dim=96, depths=(2, 2, 9, 4), act_layer=nn.ReLU, drop_path_rate=0.1)
+    return _create_patnet("patnet_s", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def patnet_m(pretrained: bool = False, **kwargs: Any) -> PATNet:
+    model_args = dict(embed_dim=128, depths=(2, 3, 16, 4), act_layer=nn.ReLU, drop_path_rate=0.2)
+    return _create_patnet("patnet_m", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def patnet_l(pretrained: bool = False, **kwargs: Any) -> PATNet:
+    model_args = dict(embed_dim=160, depths=(2, 3, 20, 4), act_layer=nn.ReLU, drop_path_rate=0.3)
+    return _create_patnet("patnet_l", pretrained=pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,34 @@
+"""Shared test utilities."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def randomize_inference_state(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-default statistics and affine parameters, and every relative-position
+    table random values, so tests exercise them (defaults would make BNs near-identities)."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
+            module.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+            module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
+            module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.2)
+    for name, param in model.named_parameters():
+        if name.endswith("bias_table"):
+            param.copy_(torch.randn(param.shape, generator=gen))
+    return model
+
+
+def fixed_input(*shape: int) -> torch.Tensor:
+    """A deterministic, RNG-free input with structure in every channel and position."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    return torch.sin(torch.arange(numel, dtype=torch.float32) * 0.37).reshape(shape)
