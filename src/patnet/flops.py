@@ -35,3 +35,10 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224), ba
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def achieved_gflops(macs: int, seconds: float, batch_size: int = 1) -> float:
+    """Achieved GFLOP/s of a forward pass of ``macs`` multiply-adds per image taking ``seconds`` per batch."""
+    if seconds <= 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    return 2 * macs * batch_size / seconds / 1e9
