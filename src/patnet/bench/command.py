@@ -1,0 +1,123 @@
+"""``patnet bench``: compare backbones' size and speed on this machine."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import fields
+
+from .report import print_report
+from .runner import DEFAULT_MODELS, FORMS, BenchConfig, run_benchmark, with_overrides
+
+GPU_OPTIONS = ("gpu_batch", "gpu_warmup", "gpu_iters", "gpu_per_round", "amp_dtype")
+DEFAULTS = BenchConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help=f"timm model names (default: {' '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--baseline", help="model every other model is compared with when it has no "
+                        "fasternet_X partner (added to the models if missing)")
+    parser.add_argument("--forms", nargs="+", choices=FORMS,
+                        help="training form (eval, unfolded) and/or deploy form (BN folded); default both")
+    parser.add_argument("--img-size", type=int, help=f"input height and width (default {DEFAULTS.img_size})")
+    parser.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for every "
+                        "timm.create_model call, as a JSON object, e.g. '{\"num_classes\": 10}'")
+    parser.add_argument("--out-dir", default="bench-results",
+                        help="where bench.json, bench.md and bench.png go (default: bench-results)")
+    parser.add_argument("--accuracy", metavar="FILE", help="top-1 accuracies (JSON {model: top1} or CSV with "
+                        "columns model,top1): plot latency against accuracy instead of MACs")
+    parser.add_argument("--plot-y", choices=("macs", "accuracy"), help="y axis of the plot")
+    parser.add_argument("--quick", action="store_true", help="a smoke test of about a minute: few iterations, "
+                        "1 thread only, small batches (explicit options still apply)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--seed", type=int, help="seed for model initialisation")
+
+    cpu = parser.add_argument_group("CPU latency (papers' protocol: batch 1, 1 thread, 10 + 200 calls)")
+    cpu.add_argument("--threads", dest="latency_threads", type=int, nargs="+",
+                     help="thread counts to measure latency with (default: 1 and all cores)")
+    cpu.add_argument("--latency-batch", type=int, help=f"default {DEFAULTS.latency_batch}")
+    cpu.add_argument("--warmup", type=int, help=f"warm-up calls per model (default {DEFAULTS.warmup})")
+    cpu.add_argument("--iters", type=int, help=f"timed calls per model (default {DEFAULTS.iters})")
+    cpu.add_argument("--per-round", type=int, help="consecutive calls of one model before the next model's "
+                     f"turn (default {DEFAULTS.per_round}; must divide --iters)")
+    cpu.add_argument("--matmul-size", type=int, help=f"size of the fp32 matmul giving the GFLOP/s ceiling "
+                     f"(default {DEFAULTS.matmul_size})")
+
+    tp = parser.add_argument_group("CPU throughput")
+    tp.add_argument("--throughput-batch", type=int, help=f"default {DEFAULTS.throughput_batch}")
+    tp.add_argument("--throughput-threads", type=int, help="default: all cores")
+    tp.add_argument("--throughput-warmup", type=int, help=f"default {DEFAULTS.throughput_warmup}")
+    tp.add_argument("--throughput-iters", type=int, help=f"default {DEFAULTS.throughput_iters}")
+
+    gpu = parser.add_argument_group("GPU throughput (fp32 NCHW and AMP channels-last)")
+    gpu.add_argument("--gpu", action=argparse.BooleanOptionalAction,
+                     help="measure on the GPU (default: when CUDA is available; any GPU option implies --gpu)")
+    gpu.add_argument("--gpu-batch", type=int, help=f"default {DEFAULTS.gpu_batch}")
+    gpu.add_argument("--gpu-warmup", type=int, help=f"default {DEFAULTS.gpu_warmup}")
+    gpu.add_argument("--gpu-iters", type=int, help=f"default {DEFAULTS.gpu_iters}")
+    gpu.add_argument("--gpu-per-round", type=int, help="calls timed as one block between synchronisations "
+                     f"(default {DEFAULTS.gpu_per_round}; must divide --gpu-iters)")
+    gpu.add_argument("--amp-dtype", choices=("float16", "bfloat16"), help=f"default {DEFAULTS.amp_dtype}")
+
+
+def _model_kwargs(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model-kwargs is not valid JSON ({exc.msg}); "
+                         "give an object such as '{\"num_classes\": 10}'") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError("--model-kwargs must be a JSON object such as '{\"num_classes\": 10}'")
+    return kwargs
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The run's configuration: explicit options over ``--quick`` settings over the defaults."""
+    given_gpu_options = [name for name in GPU_OPTIONS if getattr(args, name) is not None]
+    if given_gpu_options and args.gpu is False:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given_gpu_options)
+        raise ValueError(f"{flags} cannot be combined with --no-gpu; drop one of them")
+    overrides = {f.name: getattr(args, f.name) for f in fields(BenchConfig) if hasattr(args, f.name)}
+    overrides.update(
+        models=tuple(args.models) or None,
+        forms=tuple(args.forms) if args.forms else None,
+        latency_threads=tuple(args.latency_threads) if args.latency_threads else None,
+        model_kwargs=_model_kwargs(args.model_kwargs),
+        gpu=True if given_gpu_options else args.gpu,
+    )
+    base = BenchConfig.quick() if args.quick else BenchConfig()
+    return with_overrides(base, **overrides)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as given (options in canonical order), for the report header."""
+    words = ["patnet", "bench", *args.models]
+    for name, value in vars(args).items():
+        if name in ("models", "command") or value is None or value is False:
+            continue
+        flag = "--" + ("threads" if name == "latency_threads" else name.replace("_", "-"))
+        if value is True:
+            words.append(flag)
+        else:
+            words += [flag, *map(str, value if isinstance(value, list) else [value])]
+    if args.gpu is False:
+        words.append("--no-gpu")
+    return shlex.join(words)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        results = run_benchmark(config, args.out_dir, accuracy_file=args.accuracy, plot_y=args.plot_y,
+                                command=command_line(args), progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"patnet bench: what was measured before the interruption is in {args.out_dir}/", file=sys.stderr)
+        raise
+    print_report(results)
+    print("\nwrote bench.json, bench.md" + (", bench.png" if results["header"].get("plot") else "")
+          + f" to {args.out_dir}/")
+    return 0

@@ -1,0 +1,309 @@
+"""The benchmark run: build models, count their size, time every section, save results as they come.
+
+A run has sections (CPU latency per thread count, CPU throughput, GPU throughput in fp32 and in AMP
+channels-last). Within a section every model, in each requested form, is timed in alternation with
+all the others; ratios are against each model's baseline in the same form.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import timm
+import torch
+from torch import nn
+
+from ..flops import achieved_gflops, count_macs, count_params
+from .report import load_accuracies, machine_info, write_outputs
+from .timing import Comparison, check_device, check_threads, compare, matmul_gflops
+
+DEFAULT_MODELS = (
+    "patnet_t0", "patnet_t1", "patnet_t2", "patnet_s",
+    "fasternet_t0", "fasternet_t1", "fasternet_t2", "fasternet_s",
+)
+FORMS = ("train", "deploy")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure and how; the defaults follow the papers' protocol (``measurement.md``)."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    baseline: str | None = None
+    forms: tuple[str, ...] = FORMS
+    img_size: int = 224
+    model_kwargs: dict = field(default_factory=dict)
+    latency_threads: tuple[int, ...] | None = None  # None: 1 and all cores
+    latency_batch: int = 1
+    warmup: int = 10
+    iters: int = 200
+    per_round: int = 10
+    throughput_batch: int = 32
+    throughput_threads: int | None = None  # None: all cores
+    throughput_warmup: int = 2
+    throughput_iters: int = 10
+    gpu: bool | None = None  # None: when CUDA is available
+    gpu_batch: int = 256
+    gpu_warmup: int = 50
+    gpu_iters: int = 200
+    gpu_per_round: int = 10
+    amp_dtype: str = "float16"
+    matmul_size: int = 2048
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides) -> BenchConfig:
+        """Settings for a run of about a minute on a 2-core machine: a smoke test, not a measurement."""
+        settings = dict(latency_threads=(1,), warmup=2, iters=10, per_round=2, throughput_batch=4,
+                        throughput_warmup=1, throughput_iters=3, gpu_batch=32, gpu_warmup=5,
+                        gpu_iters=20, gpu_per_round=5, matmul_size=1024)
+        return cls(**{**settings, **overrides})
+
+
+@dataclass(frozen=True)
+class Section:
+    """One timed comparison of all models: a device, thread count, batch, precision and layout."""
+
+    key: str
+    title: str
+    kind: str  # "latency" or "throughput"
+    device: str
+    threads: int | None
+    batch_size: int
+    warmup: int
+    iters: int
+    per_round: int
+    amp_dtype: str | None = None
+    channels_last: bool = False
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def plan_sections(config: BenchConfig) -> list[Section]:
+    """The sections ``config`` asks for, validated; GPU ones only where CUDA is (or must be) present."""
+    threads = config.latency_threads or tuple(dict.fromkeys((1, _cores())))
+    sections = [
+        Section(f"cpu_latency_{t}t", f"CPU latency, batch {config.latency_batch}, {_plural(t, 'thread')}",
+                "latency", "cpu", check_threads(t), config.latency_batch, config.warmup, config.iters,
+                config.per_round)
+        for t in threads
+    ]
+    tp_threads = check_threads(config.throughput_threads or _cores())
+    sections.append(Section("cpu_throughput",
+                            f"CPU throughput, batch {config.throughput_batch}, {_plural(tp_threads, 'thread')}",
+                            "throughput", "cpu", tp_threads, config.throughput_batch,
+                            config.throughput_warmup, config.throughput_iters, 1))
+    use_gpu = torch.cuda.is_available() if config.gpu is None else config.gpu
+    if use_gpu:
+        check_device("cuda")
+        common = dict(kind="throughput", device="cuda", threads=None, batch_size=config.gpu_batch,
+                      warmup=config.gpu_warmup, iters=config.gpu_iters, per_round=config.gpu_per_round)
+        sections.append(Section("gpu_fp32", f"GPU throughput, batch {config.gpu_batch}, fp32 NCHW", **common))
+        sections.append(Section("gpu_amp", f"GPU throughput, batch {config.gpu_batch}, "
+                                f"AMP {config.amp_dtype} channels-last", amp_dtype=config.amp_dtype,
+                                channels_last=True, **common))
+    for section in sections:
+        if section.batch_size < 1:
+            raise ValueError(f"{section.title}: batch size must be at least 1, got {section.batch_size}")
+        if section.iters < 1 or section.warmup < 0 or section.per_round < 1:
+            raise ValueError(f"{section.title}: iterations must be >= 1, warm-up >= 0 and calls per round "
+                             f">= 1 (got {section.iters}, {section.warmup}, {section.per_round})")
+        if section.iters % section.per_round:
+            raise ValueError(f"{section.title}: iterations ({section.iters}) must be a multiple of the "
+                             f"calls per round ({section.per_round})")
+    return sections
+
+
+def check_model_names(names: Sequence[str]) -> None:
+    """Fail with suggestions when a name is not a registered timm model."""
+    for name in names:
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+            raise ValueError(f"unknown model {name!r}{hint}")
+
+
+def default_baselines(names: Sequence[str], fallback: str | None = None) -> dict[str, str]:
+    """Each ``patnet_X`` against ``fasternet_X`` when that is in ``names``, any other model against
+    ``fallback`` (when given)."""
+    baselines = {}
+    for name in names:
+        partner = "fasternet_" + name[len("patnet_"):] if name.startswith("patnet_") else None
+        base = partner if partner in names else fallback
+        if base is not None and base != name:
+            baselines[name] = base
+    return baselines
+
+
+def load_deploy() -> Callable[[nn.Module], nn.Module]:
+    """``patnet.deploy.deploy``, or a clear error while it does not exist."""
+    try:
+        from patnet.deploy import deploy
+    except ImportError as exc:
+        if exc.name not in ("patnet.deploy", None):
+            raise
+        raise ValueError("the deploy form needs patnet.deploy.deploy, which this install lacks; "
+                         "measure the training form only (--forms train)") from exc
+    return deploy
+
+
+def _variant(name: str, form: str) -> str:
+    return f"{name}:{form}"
+
+
+def _section_record(section: Section, comparison: Comparison, macs: Mapping[str, int],
+                    ceilings: Mapping[str, float]) -> dict:
+    """A section's JSON record: settings, and per model and form the statistics, ratio and GFLOP/s."""
+    ceiling = ceilings.get(str(section.threads)) if section.device == "cpu" else None
+    results: dict[str, dict] = {}
+    for variant, stats in comparison.stats.items():
+        name, form = variant.rsplit(":", 1)
+        gflops = achieved_gflops(macs[name], stats.median_ms / 1e3, section.batch_size)
+        ratio = comparison.ratios.get(variant)
+        results.setdefault(name, {})[form] = {
+            **stats.to_dict(),
+            "iqr_ms": stats.iqr_ms,
+            "images_per_s": stats.images_per_s(section.batch_size),
+            "gflops": gflops,
+            "fraction_of_matmul": gflops / ceiling if ceiling else None,
+            "ratio": None if ratio is None else {**ratio.to_dict(), "baseline": ratio.baseline.rsplit(":", 1)[0]},
+        }
+    return {
+        **asdict(section),
+        "precision": comparison.precision,
+        "memory_format": comparison.memory_format,
+        "rounds": comparison.rounds,
+        "rounds_planned": comparison.rounds_planned,
+        "complete": comparison.complete,
+        "results": results,
+    }
+
+
+def run_benchmark(
+    config: BenchConfig = BenchConfig(),
+    out_dir: str | Path | None = None,
+    *,
+    models: Mapping[str, nn.Module] | None = None,
+    accuracy_file: str | Path | None = None,
+    plot_y: str | None = None,
+    command: str | None = None,
+    progress: bool = True,
+    save_every_s: float = 5.0,
+) -> dict:
+    """Measure ``config.models`` (or the given ``models``, name -> module) and return the results.
+
+    With ``out_dir``, ``bench.json`` and ``bench.md`` are rewritten as each model is built and
+    throughout every section, and ``bench.png`` after each section, so an interrupted run keeps what
+    it measured (its sections are marked incomplete). ``plot_y`` is 'macs' or 'accuracy' (default:
+    accuracy when ``accuracy_file`` is given).
+    """
+    from tqdm.auto import tqdm
+
+    names = list(dict.fromkeys(models if models is not None else config.models))
+    if config.baseline is not None and config.baseline not in names:
+        names.append(config.baseline)
+    if models is None:
+        check_model_names(names)
+    elif config.baseline is not None and config.baseline not in models:
+        raise ValueError(f"baseline {config.baseline!r} is not among the given models ({', '.join(models)})")
+    if not names:
+        raise ValueError("no models to benchmark")
+    for form in config.forms:
+        if form not in FORMS:
+            raise ValueError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
+    if not config.forms:
+        raise ValueError("no forms to measure; choose from " + ", ".join(FORMS))
+    sections = plan_sections(config)
+    deploy = load_deploy() if "deploy" in config.forms else None
+    accuracies = load_accuracies(accuracy_file) if accuracy_file else {}
+    if accuracies and not set(accuracies) & set(names):
+        raise ValueError(f"{accuracy_file} gives no accuracy for any of the models ({', '.join(names)})")
+    plot_y = plot_y or ("accuracy" if accuracies else "macs")
+    if plot_y not in ("macs", "accuracy"):
+        raise ValueError(f"plot_y must be 'macs' or 'accuracy', got {plot_y!r}")
+    if plot_y == "accuracy" and not accuracies:
+        raise ValueError("an accuracy plot needs a results file with accuracies (--accuracy FILE)")
+    baselines = default_baselines(names, config.baseline)
+    input_size = (3, config.img_size, config.img_size)
+    out_dir = Path(out_dir) if out_dir is not None else None
+
+    results = {
+        "header": {**machine_info(), "command": command, "config": asdict(config),
+                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "finished": None,
+                   "interrupted": False, "input_size": list(input_size), "matmul_gflops": {}},
+        "models": {},
+        "sections": [],
+    }
+    last_save = 0.0
+
+    def save(plot: bool = False, force: bool = True) -> None:
+        nonlocal last_save
+        if out_dir is None or (not force and time.monotonic() - last_save < save_every_s):
+            return
+        write_outputs(results, out_dir, plot_y=plot_y if plot else None)
+        last_save = time.monotonic()
+
+    torch.manual_seed(config.seed)
+    variants: dict[str, nn.Module] = {}
+    macs: dict[str, int] = {}
+    try:
+        for name in tqdm(names, desc="building models", disable=not progress, leave=False):
+            model = models[name] if models is not None else timm.create_model(
+                name, pretrained=False, **config.model_kwargs)
+            model.eval()
+            macs[name] = count_macs(model, input_size)
+            results["models"][name] = {"params": count_params(model), "macs": macs[name],
+                                       "baseline": baselines.get(name), "accuracy": accuracies.get(name)}
+            for form in config.forms:
+                variants[_variant(name, form)] = model if form == "train" else deploy(model).eval()
+            save()
+
+        cpu_threads = sorted({s.threads for s in sections if s.device == "cpu"})
+        for threads in cpu_threads:
+            results["header"]["matmul_gflops"][str(threads)] = matmul_gflops(threads, config.matmul_size)
+        save()
+
+        variant_baselines = {_variant(name, form): _variant(base, form)
+                             for name, base in baselines.items() for form in config.forms}
+        total_rounds = sum(s.iters // s.per_round for s in sections)
+        with tqdm(total=total_rounds, desc="timing", unit="round", disable=not progress) as bar:
+            for section in sections:
+                bar.set_description(section.title)
+                results["sections"].append(None)
+
+                def record(comparison: Comparison, final: bool = False) -> None:
+                    results["sections"][-1] = _section_record(section, comparison, macs,
+                                                              results["header"]["matmul_gflops"])
+                    if not final:
+                        bar.update(1)
+                    save(plot=final, force=final)
+
+                comparison = compare(
+                    variants, baseline=variant_baselines, batch_size=section.batch_size, input_size=input_size,
+                    threads=section.threads, warmup=section.warmup, iters=section.iters,
+                    per_round=section.per_round, device=section.device, amp_dtype=section.amp_dtype,
+                    channels_last=section.channels_last, on_round=record)
+                record(comparison, final=True)
+    except KeyboardInterrupt:
+        results["header"]["interrupted"] = True
+        results["sections"] = [s for s in results["sections"] if s is not None]
+        save(plot=True)
+        raise
+    results["header"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    save(plot=True)
+    return results
+
+
+def with_overrides(config: BenchConfig, **overrides) -> BenchConfig:
+    """``config`` with the non-``None`` ``overrides`` applied."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

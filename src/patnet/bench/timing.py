@@ -1,0 +1,342 @@
+"""Timing harness: models timed in alternation, robust statistics, per-round ratios.
+
+Absolute times on a shared machine drift; a claim is a ratio measured in one process with the models
+timed in alternation (``measurement.md``). :func:`time_alternating` runs every model a few calls per
+round, rotating the order each round, so slow drift hits all models alike; :func:`compare` wraps it
+for ``nn.Module`` s and reports per-model statistics and the median of per-round time ratios against
+a baseline.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """Distribution of one model's per-call time, in milliseconds."""
+
+    n: int
+    median_ms: float
+    mean_ms: float
+    p10_ms: float
+    p25_ms: float
+    p75_ms: float
+    p90_ms: float
+
+    @classmethod
+    def from_seconds(cls, seconds: np.ndarray) -> TimingStats:
+        ms = np.asarray(seconds, dtype=np.float64).ravel() * 1e3
+        if ms.size == 0:
+            raise ValueError("no timings to summarise")
+        p10, p25, p50, p75, p90 = np.percentile(ms, [10, 25, 50, 75, 90])
+        return cls(int(ms.size), float(p50), float(ms.mean()), float(p10), float(p25), float(p75), float(p90))
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.p75_ms - self.p25_ms
+
+    def images_per_s(self, batch_size: int) -> float:
+        """Throughput implied by the median call time."""
+        return batch_size / (self.median_ms / 1e3)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RatioStats:
+    """Per-round time ratios of a model over its baseline; below 1 the model is faster."""
+
+    baseline: str
+    rounds: int
+    median: float
+    p10: float
+    p90: float
+
+    @classmethod
+    def from_round_times(cls, baseline: str, model_s: np.ndarray, baseline_s: np.ndarray) -> RatioStats:
+        ratios = np.asarray(model_s, dtype=np.float64) / np.asarray(baseline_s, dtype=np.float64)
+        p10, p50, p90 = np.percentile(ratios, [10, 50, 90])
+        return cls(baseline, int(ratios.size), float(p50), float(p10), float(p90))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Comparison:
+    """Result of :func:`compare`: per-model statistics and ratios, and how they were measured."""
+
+    stats: dict[str, TimingStats]
+    ratios: dict[str, RatioStats]
+    batch_size: int
+    threads: int
+    device: str
+    precision: str
+    memory_format: str
+    rounds: int
+    rounds_planned: int
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.rounds == self.rounds_planned
+
+    def images_per_s(self, name: str) -> float:
+        return self.stats[name].images_per_s(self.batch_size)
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (``None``: leave as is), then restore."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_threads(threads: int) -> int:
+    """Validate a thread count against this machine's cores."""
+    cores = os.cpu_count() or 1
+    if not isinstance(threads, int) or not 1 <= threads <= cores:
+        raise ValueError(f"thread count must be between 1 and {cores} (this machine's cores), got {threads}")
+    return threads
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """Resolve ``device``, failing clearly when it asks for CUDA on a machine without it."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("a CUDA device was requested but torch.cuda.is_available() is False; "
+                         "run on a machine with a CUDA GPU or leave out the GPU options")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
+    return device
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def time_alternating(
+    runs: Mapping[str, Callable[[], object]],
+    *,
+    iters: int,
+    warmup: int,
+    per_round: int = 1,
+    time_each_call: bool = True,
+    synchronize: Callable[[], None] | None = None,
+    on_round: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Time each callable ``iters`` times after ``warmup`` calls, in alternation.
+
+    Each round runs every callable ``per_round`` consecutive times, starting the order one place
+    further each round. With ``time_each_call`` every call is timed on its own (the papers' CPU
+    protocol); otherwise the ``per_round`` calls are timed together between two ``synchronize()``
+    calls (the GPU protocol) and give one sample. Returns per-call seconds shaped
+    ``(rounds, samples_per_round)``; ``on_round(rounds_done, times_so_far)`` is called after each round.
+    """
+    _positive("iters", iters)
+    _positive("per_round", per_round)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    if iters % per_round:
+        raise ValueError(f"iters ({iters}) must be a multiple of the calls per round ({per_round})")
+    if not runs:
+        raise ValueError("nothing to time: no models given")
+    sync = synchronize or (lambda: None)
+    names = list(runs)
+    rounds = iters // per_round
+    samples = per_round if time_each_call else 1
+    times = {name: np.zeros((rounds, samples)) for name in names}
+
+    for name in names:
+        for _ in range(warmup):
+            runs[name]()
+    sync()
+    for r in range(rounds):
+        start = r % len(names)
+        for name in names[start:] + names[:start]:
+            fn = runs[name]
+            if time_each_call:
+                for i in range(per_round):
+                    sync()
+                    t0 = time.perf_counter()
+                    fn()
+                    sync()
+                    times[name][r, i] = time.perf_counter() - t0
+            else:
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(per_round):
+                    fn()
+                sync()
+                times[name][r, 0] = (time.perf_counter() - t0) / per_round
+        if on_round is not None:
+            on_round(r + 1, {name: t[: r + 1] for name, t in times.items()})
+    return times
+
+
+def _resolve_baselines(names: list[str], baseline: str | Mapping[str, str] | None) -> dict[str, str]:
+    if baseline is None:
+        return {}
+    pairs = {name: baseline for name in names} if isinstance(baseline, str) else dict(baseline)
+    for name, base in pairs.items():
+        if name not in names or base not in names:
+            missing = name if name not in names else base
+            raise ValueError(f"baseline pairing {name!r} -> {base!r} names {missing!r}, which is not among "
+                             f"the models being compared ({', '.join(names)})")
+    return {name: base for name, base in pairs.items() if name != base}
+
+
+def summarise(
+    times: Mapping[str, np.ndarray], baselines: Mapping[str, str]
+) -> tuple[dict[str, TimingStats], dict[str, RatioStats]]:
+    """Per-model statistics, and ratios of per-round median times against each model's baseline."""
+    stats = {name: TimingStats.from_seconds(t) for name, t in times.items()}
+    per_round = {name: np.median(t, axis=1) for name, t in times.items()}
+    ratios = {name: RatioStats.from_round_times(base, per_round[name], per_round[base])
+              for name, base in baselines.items()}
+    return stats, ratios
+
+
+def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """``model`` in eval mode on ``device`` and memory format; a copy when either must change."""
+    param = next(model.parameters(), None)
+    on_device = param is None or param.device == device
+    if not on_device or channels_last:
+        model = copy.deepcopy(model).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+def _forward(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> Callable[[], object]:
+    def forward() -> object:
+        with torch.inference_mode():
+            if amp_dtype is None:
+                return model(x)
+            with torch.autocast(x.device.type, dtype=amp_dtype):
+                return model(x)
+    return forward
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def compare(
+    models: Mapping[str, nn.Module],
+    *,
+    baseline: str | Mapping[str, str] | None = None,
+    batch_size: int = 1,
+    input_size: tuple[int, int, int] = (3, 224, 224),
+    threads: int | None = 1,
+    warmup: int = 10,
+    iters: int = 200,
+    per_round: int = 1,
+    device: str | torch.device = "cpu",
+    amp_dtype: str | None = None,
+    channels_last: bool = False,
+    time_each_call: bool | None = None,
+    on_round: Callable[[Comparison], None] | None = None,
+) -> Comparison:
+    """Time ``models`` in alternation on one shared random input and compare them.
+
+    ``baseline`` is one model name (every other model is compared with it) or a mapping from model
+    name to its baseline's name. ``threads`` sets ``torch.set_num_threads`` for the run (``None``:
+    all current threads). On CUDA, ``cudnn.benchmark`` is on and, unless ``time_each_call`` says
+    otherwise, each round's ``per_round`` calls are timed as one block between synchronisations.
+    ``amp_dtype`` ('float16' or 'bfloat16') runs under autocast. Models are put in eval mode and
+    copied when they must move device or memory format. ``on_round`` receives the partial result
+    after every round, so callers can save what was measured before an interruption.
+    """
+    device = check_device(device)
+    names = list(models)
+    baselines = _resolve_baselines(names, baseline)
+    _positive("batch_size", batch_size)
+    if threads is not None:
+        check_threads(threads)
+    if amp_dtype is not None and amp_dtype not in ("float16", "bfloat16"):
+        raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {amp_dtype!r}")
+    if len(input_size) != 3:
+        raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
+    if time_each_call is None:
+        time_each_call = device.type == "cpu"
+
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch_size, *input_size, device=device).contiguous(memory_format=memory_format)
+    amp = DTYPES[amp_dtype] if amp_dtype else None
+    runs = {name: _forward(_prepare(model, device, channels_last), x, amp) for name, model in models.items()}
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    rounds_planned = iters // per_round if per_round > 0 else 0
+
+    def result(times: Mapping[str, np.ndarray], rounds: int) -> Comparison:
+        stats, ratios = summarise(times, baselines)
+        return Comparison(
+            stats=stats, ratios=ratios, batch_size=batch_size,
+            threads=torch.get_num_threads(), device=str(device),
+            precision=f"amp {amp_dtype}" if amp_dtype else "float32",
+            memory_format="channels_last" if channels_last else "NCHW",
+            rounds=rounds, rounds_planned=rounds_planned,
+            settings=dict(warmup=warmup, iters=iters, per_round=per_round, time_each_call=time_each_call,
+                          input_size=list(input_size)),
+        )
+
+    report_round = None if on_round is None else (lambda done, times: on_round(result(times, done)))
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" or cudnn_benchmark
+    try:
+        with num_threads(threads):
+            times = time_alternating(runs, iters=iters, warmup=warmup, per_round=per_round,
+                                     time_each_call=time_each_call, synchronize=sync, on_round=report_round)
+            return result(times, rounds_planned)
+    except (RuntimeError, torch.OutOfMemoryError) as exc:
+        if _out_of_memory(exc):
+            raise ValueError(f"batch size {batch_size} does not fit in {device.type} memory for these models; "
+                             f"use a smaller batch size") from exc
+        raise
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+def measure_latency(model: nn.Module, **kwargs) -> TimingStats:
+    """Per-call time statistics of one model; keyword arguments as :func:`compare`."""
+    return compare({"model": model}, **kwargs).stats["model"]
+
+
+def matmul_gflops(threads: int | None = 1, size: int = 2048, iters: int = 5,
+                  device: str | torch.device = "cpu") -> float:
+    """GFLOP/s of a ``size`` x ``size`` fp32 matrix product: the machine's practical ceiling.
+
+    Median over ``iters`` timed products after one warm-up, with ``threads`` intra-op threads.
+    """
+    device = check_device(device)
+    _positive("size", size)
+    _positive("iters", iters)
+    if threads is not None:
+        check_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device)
+    b = torch.randn(size, size, generator=gen).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    with num_threads(threads):
+        times = time_alternating({"matmul": lambda: torch.mm(a, b)}, iters=iters, warmup=1, synchronize=sync)
+    return 2 * size**3 / float(np.median(times["matmul"])) / 1e9
