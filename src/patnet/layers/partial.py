@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused import FusedChannelGate, FusedPartialSelfAttn, bn_scale_shift
 from .rel_pos import RelPosBias
 
 
@@ -58,6 +59,13 @@ class GaussianChannelGate(nn.Module):
         std, mean = torch.std_mean(x, dim=(2, 3))
         stats = torch.stack((mean, std), dim=-1).unsqueeze(2)  # (B, C, 1, 2)
         return F.hardsigmoid(self.norm(self.conv(stats)))
+
+    @torch.no_grad()
+    def fuse(self) -> FusedChannelGate:
+        """The deployment form: BN folded into the (1, 2) conv, seen as a linear map of ``[mean, std]``."""
+        scale, shift = bn_scale_shift(self.norm)
+        weight = torch.cat((self.conv.weight[:, :, 0, 0], self.conv.weight[:, :, 0, 1]), dim=1)
+        return FusedChannelGate(weight * scale[:, None], shift.clone())
 
 
 class PartialChannelAttn(nn.Module):
@@ -124,6 +132,18 @@ class PartialSelfAttn(nn.Module):
         tokens = self.norm(untouched.flatten(2).transpose(1, 2))
         attended = self.attn(tokens, height, width).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
         return torch.cat((self.conv(convolved), attended), dim=1)
+
+    @torch.no_grad()
+    def fuse(self) -> FusedPartialSelfAttn:
+        """The deployment form: LayerNorm affine and attention scale folded into ``qkv``."""
+        attn = self.attn
+        dim = self.untouched_dim
+        qkv = nn.Linear(dim, 3 * dim, bias=True, device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype)
+        qkv.weight.copy_(attn.qkv.weight * self.norm.weight[None, :])
+        qkv.bias.copy_(attn.qkv.weight @ self.norm.bias)
+        qkv.weight[:dim].mul_(attn.scale)
+        qkv.bias[:dim].mul_(attn.scale)
+        return FusedPartialSelfAttn(self.conv, qkv, attn.proj, dim, attn.num_heads, self.norm.eps, attn.rel_pos)
 
 
 class PartialSpatialAttn(nn.Module):

@@ -26,6 +26,14 @@ from timm.models._features import feature_take_indices
 from timm.models._helpers import load_state_dict
 
 from ..layers import PartialChannelAttn, PartialConv, PartialSelfAttn, PartialSpatialAttn
+from ..layers.fused import (
+    FusedPartialChannelAttn,
+    FusedSpatialGate,
+    bn_scale_shift,
+    conv_with_bias,
+    fold_conv_bn,
+    fold_input_affine,
+)
 
 __all__ = ["PATNet", "checkpoint_filter_fn"]
 
@@ -75,6 +83,35 @@ class PatBlock(nn.Module):
             return x + self.drop_path(self.mlp(x))
         return x + self.drop_path(self.mlp(self.spatial_mixing(x)))
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Switch this block to its deployment form in place (use on a model in eval mode)."""
+        mlp = self.mlp
+        if not isinstance(mlp[1], nn.BatchNorm2d):
+            return  # already deployed
+        expand = fold_conv_bn(mlp[0], mlp[1])
+        mixer = self.spatial_mixing
+        if isinstance(mixer, PartialChannelAttn):
+            scale, shift = bn_scale_shift(mixer.norm)
+            fold_input_affine(expand, scale, shift, start=mixer.conv_dim)
+            self.spatial_mixing = FusedPartialChannelAttn(mixer.conv, mixer.gate.fuse(), mixer.untouched_dim)
+        elif isinstance(mixer, PartialSelfAttn):
+            self.spatial_mixing = mixer.fuse()
+        project = conv_with_bias(mlp[3])
+        layers: List[nn.Module] = [expand, mlp[2], project]
+        if len(mlp) > 4:
+            spatial = mlp[4]
+            # rows A of `project` stay; rows B become conv(BN(project_B(x))): two linear maps composed
+            scale, shift = bn_scale_shift(spatial.pre_norm)
+            inner = spatial.conv.weight[:, :, 0, 0]
+            rows = slice(spatial.attn_dim, None)
+            project.weight[rows] = torch.einsum("oc,ci->oi", inner * scale[None, :], project.weight[rows, :, 0, 0])[..., None, None]
+            project.bias[rows] = inner @ (scale * project.bias[rows] + shift)
+            gate_scale, gate_shift = bn_scale_shift(spatial.gate_norm)
+            layers.append(FusedSpatialGate(spatial.gate_conv, gate_scale, gate_shift))
+        self.mlp = nn.Sequential(*layers)
+        self.drop_path = nn.Identity()
+
 
 class PatchEmbed(nn.Module):
     """Stem: ``BN(conv(in_chans -> C0, kernel patch_size, stride patch_stride))``."""
@@ -87,6 +124,11 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.proj(x))
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """The deployment form: one conv with the BN folded in."""
+        return fold_conv_bn(self.proj, self.norm)
+
 
 class PatchMerging(nn.Module):
     """Downsampling between stages: ``BN(conv(C -> 2C, kernel 2, stride 2))``."""
@@ -98,6 +140,11 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.reduction(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """The deployment form: one conv with the BN folded in."""
+        return fold_conv_bn(self.reduction, self.norm)
 
 
 class PatStage(nn.Module):

@@ -1,0 +1,57 @@
+"""The deployment form: a folded, frozen, eval-mode copy of a model.
+
+``deploy(model)`` works for PATNet (each block folds itself: ``fuse()``/``reparameterize()`` hooks, so
+``timm.utils.reparameterize_model`` works too) and for any other timm model, whose conv -> BN pairs are
+folded generically through torch.fx (timm's ``fasternet_*`` among them), so comparisons are between
+equally folded models. The original model is left untouched; deploying twice is harmless.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
+from timm.utils import reparameterize_model
+
+from .layers.fused import fold_conv_bn
+
+_DEPLOYED = "_patnet_deployed"
+
+
+def _has_fold_hooks(model: nn.Module) -> bool:
+    return any(hasattr(m, "fuse") or hasattr(m, "reparameterize") for m in model.modules())
+
+
+def _fold_sequential_conv_bn(model: nn.Module) -> None:
+    """Fold adjacent (Conv2d, BatchNorm2d) pairs inside every nn.Sequential, in place."""
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = module._modules[first], module._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                module._modules[first] = fold_conv_bn(conv, bn)
+                module._modules[second] = nn.Identity()
+
+
+@torch.no_grad()
+def deploy(model: nn.Module) -> nn.Module:
+    """A folded eval-mode copy of ``model`` for inference; ``model`` itself is not changed."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"deploy() takes an nn.Module, got {type(model).__name__}")
+    if getattr(model, _DEPLOYED, False):
+        return copy.deepcopy(model)
+    folded = copy.deepcopy(model).eval()
+    if _has_fold_hooks(folded):
+        folded = reparameterize_model(folded, inplace=True)
+    else:
+        try:
+            folded = fx_fuse_conv_bn(folded, inplace=True)
+        except Exception:  # not symbolically traceable: fold what the module tree shows
+            _fold_sequential_conv_bn(folded)
+    for param in folded.parameters():
+        param.requires_grad_(False)
+    setattr(folded, _DEPLOYED, True)
+    return folded.eval()

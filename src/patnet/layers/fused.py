@@ -1,0 +1,141 @@
+"""Deployment forms of PATNet's blocks: BatchNorms and affine maps folded into neighbouring linear maps.
+
+Exact (up to float rounding) for a model in eval mode. What folds (architecture.md, section 4):
+conv -> BN pairs; PAT_ch's gate BN into its (1, 2) conv; PAT_ch's post-gate BN into the MLP's first 1x1
+conv (it is affine on those input channels); PAT_sp's BN -> 1x1 conv, and that conv into the MLP's second
+1x1 conv (two linear maps with nothing between them); PAT_sf's LayerNorm affine and the attention scale
+into ``qkv``. PAT_sp's post-gate BN, the LayerNorm's normalisation and the softmax stay.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
+    """``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def conv_with_bias(conv: nn.Conv2d) -> nn.Conv2d:
+    """A copy of ``conv`` that has a (zero) bias if it had none."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight)
+    fused.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(fused.bias))
+    return fused
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``bn(conv(x))`` as one conv with bias."""
+    scale, shift = bn_scale_shift(bn)
+    fused = conv_with_bias(conv)
+    fused.weight.mul_(scale.view(-1, 1, 1, 1))
+    fused.bias.mul_(scale).add_(shift)
+    return fused
+
+
+def fold_input_affine(conv: nn.Conv2d, scale: Tensor, shift: Tensor, start: int) -> None:
+    """Make 1x1 ``conv`` (with bias) absorb ``x * scale + shift`` on input channels ``start:`` in place."""
+    weight = conv.weight[:, start:, 0, 0]
+    conv.bias.add_(weight @ shift)
+    conv.weight[:, start:].mul_(scale.view(1, -1, 1, 1))
+
+
+class FusedChannelGate(nn.Module):
+    """PAT_ch's gate with its BN folded: ``hsig(W [mean, std] + b)`` as one small matmul."""
+
+    def __init__(self, weight: Tensor, bias: Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        std, mean = torch.std_mean(x, dim=(2, 3))
+        z = torch.addmm(self.bias, torch.cat((mean, std), dim=1), self.weight.t())
+        return F.hardsigmoid(z)[:, :, None, None]
+
+
+class FusedPartialChannelAttn(nn.Module):
+    """PAT_ch without its post-gate BN (folded into the next 1x1 conv): ``[conv3x3(Xp), Xu * gate(Xu)]``."""
+
+    def __init__(self, conv: nn.Conv2d, gate: FusedChannelGate, untouched_dim: int):
+        super().__init__()
+        self.conv_dim, self.untouched_dim = conv.out_channels, untouched_dim
+        self.conv = conv
+        self.gate = gate
+
+    def forward(self, x: Tensor) -> Tensor:
+        convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
+        return torch.cat((self.conv(convolved), untouched * self.gate(untouched)), dim=1)
+
+
+class FusedPartialSelfAttn(nn.Module):
+    """PAT_sf with the LayerNorm affine and ``head_dim ** -0.5`` folded into ``qkv``.
+
+    The relative-position bias is gathered once per map shape and kept; TorchScript recomputes it.
+    """
+
+    __jit_ignored_attributes__ = ["_bias_cache"]
+
+    def __init__(self, conv: nn.Conv2d, qkv: nn.Linear, proj: nn.Linear, untouched_dim: int, num_heads: int,
+                 eps: float, rel_pos: nn.Module):
+        super().__init__()
+        self.conv_dim, self.untouched_dim = conv.out_channels, untouched_dim
+        self.num_heads = num_heads
+        self.head_dim = untouched_dim // num_heads
+        self.eps = eps
+        self.conv = conv
+        self.qkv = qkv
+        self.proj = proj
+        self.rel_pos = rel_pos
+        self._bias_cache: Dict[Tuple[int, int, str, str], Tensor] = {}
+
+    def attention_bias(self, height: int, width: int) -> Tensor:
+        if torch.jit.is_scripting():
+            return self.rel_pos(height, width)
+        return self._cached_bias(height, width)
+
+    @torch.jit.unused
+    def _cached_bias(self, height: int, width: int) -> Tensor:
+        table = self.rel_pos.bias_table
+        key = (height, width, str(table.device), str(table.dtype))
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            with torch.no_grad():
+                bias = self.rel_pos(height, width).contiguous()
+            self._bias_cache[key] = bias
+        return bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, _, height, width = x.shape
+        length = height * width
+        convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
+        tokens = F.layer_norm(untouched.flatten(2).transpose(1, 2), (self.untouched_dim,), eps=self.eps)
+        qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.attention_bias(height, width), scale=1.0)
+        out = self.proj(out.transpose(1, 2).reshape(batch, length, self.untouched_dim))
+        attended = out.transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
+        return torch.cat((self.conv(convolved), attended), dim=1)
+
+
+class FusedSpatialGate(nn.Module):
+    """PAT_sp's attention half only (its conv half is folded into the MLP's second conv):
+    ``[BN(A * hsig(conv1x1(A))), B]``."""
+
+    def __init__(self, gate_conv: nn.Conv2d, scale: Tensor, shift: Tensor):
+        super().__init__()
+        self.attn_dim = gate_conv.in_channels
+        self.gate_conv = gate_conv
+        self.scale = nn.Parameter(scale.view(1, -1, 1, 1), requires_grad=False)
+        self.shift = nn.Parameter(shift.view(1, -1, 1, 1), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        attended, rest = torch.split(x, [self.attn_dim, x.shape[1] - self.attn_dim], dim=1)
+        attended = torch.addcmul(self.shift, attended * F.hardsigmoid(self.gate_conv(attended)), self.scale)
+        return torch.cat((attended, rest), dim=1)
