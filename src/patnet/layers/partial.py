@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused import FusedChannelGate, FusedPartialSelfAttn, bn_scale_shift
+from .fused import FusedChannelGate, FusedPartialSelfAttn, bn_scale_shift, spatial_mean_std
 from .rel_pos import RelPosBias
 
 
@@ -56,7 +56,7 @@ class GaussianChannelGate(nn.Module):
             raise ValueError(
                 "PAT_ch's gate normalises per-sample statistics with BatchNorm, which needs a batch of at "
                 "least 2 in training mode; use a larger batch (drop_last=True) or call model.eval()")
-        std, mean = torch.std_mean(x, dim=(2, 3))
+        mean, std = spatial_mean_std(x)
         stats = torch.stack((mean, std), dim=-1).unsqueeze(2)  # (B, C, 1, 2)
         return F.hardsigmoid(self.norm(self.conv(stats)))
 
