@@ -1,0 +1,26 @@
+"""``patnet predict``: the most likely classes of image files, by name, with a trained checkpoint."""
+from __future__ import annotations
+
+import argparse
+
+from .engine.inference import load_trained_model, predict_files
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="run directory (uses its last checkpoint), checkpoint directory or model.safetensors")
+    parser.add_argument("--topk", type=int, default=5, help="classes to print per image")
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights")
+    parser.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.topk < 1:
+        raise ValueError(f"--topk {args.topk} is invalid: expected an integer >= 1")
+    model, meta = load_trained_model(args.checkpoint, ema=args.ema, device=args.device)
+    for file, ranking in zip(args.images, predict_files(model, meta, args.images, args.topk)):
+        print(file)
+        for place, (name, probability) in enumerate(ranking, 1):
+            print(f"  {place}. {name:<20} {100 * probability:6.2f}%")
+    return 0
