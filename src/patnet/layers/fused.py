@@ -115,6 +115,7 @@ class FusedPartialSelfAttn(nn.Module):
 
     @torch.jit.unused
     def _cached_bias(self, height: int, width: int) -> Tensor:
+        height, width = int(height), int(width)  # under tracing: a constant of the traced map size
         table = self.rel_pos.bias_table
         key = (height, width, str(table.device), str(table.dtype))
         bias = self._bias_cache.get(key)
