@@ -39,7 +39,16 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "patnet": __version__,
+        "load_average_start": load_average(),
     }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: above the thread count, other work competed with the timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def load_accuracies(path: str | Path) -> dict[str, float]:
@@ -157,6 +166,9 @@ def header_lines(results: dict) -> list[str]:
         f"Software: Python {h['python']}, torch {h['torch']}, timm {h['timm']}, patnet {h['patnet']}",
         f"Started {h['started']}, " + (f"finished {h['finished']}" if h["finished"] else
                                          "interrupted" if h["interrupted"] else "in progress"),
+        f"1-minute load average: {h['load_average_start']} at the start"
+        + (f", {h['load_average_end']} at the end" if h.get("load_average_end") is not None else "")
+        + f" (above {h['cores']}, other work competed with the timings)",
         f"Input {'x'.join(map(str, h['input_size']))}; params and MACs of the training form "
         "(MACs: FlopCounterMode / 2 at batch 1, math attention)",
         f"fp32 {size}x{size} matmul ceiling, measured in this run: {ceilings}",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..flops import achieved_gflops, count_macs, count_params
-from .report import load_accuracies, machine_info, write_outputs
+from .report import load_accuracies, load_average, machine_info, write_outputs
 from .timing import Comparison, check_device, check_threads, compare, matmul_gflops
 
 DEFAULT_MODELS = (
@@ -58,8 +58,8 @@ class BenchConfig:
     @classmethod
     def quick(cls, **overrides) -> BenchConfig:
         """Settings for a run of about a minute on a 2-core machine: a smoke test, not a measurement."""
-        settings = dict(latency_threads=(1,), warmup=2, iters=10, per_round=2, throughput_batch=4,
-                        throughput_warmup=1, throughput_iters=3, gpu_batch=32, gpu_warmup=5,
+        settings = dict(latency_threads=(1,), warmup=1, iters=8, per_round=2, throughput_batch=2,
+                        throughput_warmup=1, throughput_iters=2, gpu_batch=32, gpu_warmup=5,
                         gpu_iters=20, gpu_per_round=5, matmul_size=1024)
         return cls(**{**settings, **overrides})
 
@@ -296,10 +296,12 @@ def run_benchmark(
                 record(comparison, final=True)
     except KeyboardInterrupt:
         results["header"]["interrupted"] = True
+        results["header"]["load_average_end"] = load_average()
         results["sections"] = [s for s in results["sections"] if s is not None]
         save(plot=True)
         raise
     results["header"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["header"]["load_average_end"] = load_average()
     save(plot=True)
     return results
 
