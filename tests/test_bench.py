@@ -118,6 +118,7 @@ def test_compare_restores_thread_count():
     (dict(threads=10_000), "thread count must be between 1 and"),
     (dict(baseline="missing"), "not among the models"),
     (dict(amp_dtype="float64"), "amp_dtype"),
+    (dict(batch_size=10**9), "use a smaller batch size"),
 ])
 def test_compare_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -234,6 +235,9 @@ def test_cli_quick_run(tmp_path, capsys):
     (["patnet_t9"], "unknown model 'patnet_t9'; did you mean"),
     (["fasternet_t0", "--latency-batch", "0"], "batch size must be at least 1"),
     (["fasternet_t0", "--throughput-batch", "-4"], "batch size must be at least 1"),
+    (["fasternet_t0", "--throughput-batch", "100000000"], "GiB of cpu memory; use a smaller batch size"),
+    (["fasternet_t0", "--threads", "1", "999"], "thread count must be between 1 and"),
+    (["fasternet_t0", "--img-size", "0"], "image size must be a positive integer"),
     (["fasternet_t0", "--iters", "15", "--per-round", "10"], "multiple of the calls per round"),
     (["fasternet_t0", "--model-kwargs", "{embed_dim: 8}"], "not valid JSON"),
     (["fasternet_t0", "--gpu-batch", "8", "--no-gpu"], "cannot be combined with --no-gpu"),

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..flops import achieved_gflops, count_macs, count_params
 from .report import load_accuracies, load_average, machine_info, write_outputs
-from .timing import Comparison, check_device, check_threads, compare, matmul_gflops
+from .timing import Comparison, check_batch_fits, check_device, check_threads, compare, matmul_gflops
 
 DEFAULT_MODELS = (
     "patnet_t0", "patnet_t1", "patnet_t2", "patnet_s",
@@ -91,7 +91,9 @@ def _plural(n: int, word: str) -> str:
 
 def plan_sections(config: BenchConfig) -> list[Section]:
     """The sections ``config`` asks for, validated; GPU ones only where CUDA is (or must be) present."""
-    threads = config.latency_threads or tuple(dict.fromkeys((1, _cores())))
+    if isinstance(config.img_size, bool) or not isinstance(config.img_size, int) or config.img_size < 1:
+        raise ValueError(f"image size must be a positive integer, got {config.img_size!r}")
+    threads = tuple(dict.fromkeys(config.latency_threads or (1, _cores())))
     sections = [
         Section(f"cpu_latency_{t}t", f"CPU latency, batch {config.latency_batch}, {_plural(t, 'thread')}",
                 "latency", "cpu", check_threads(t), config.latency_batch, config.warmup, config.iters,
@@ -121,6 +123,7 @@ def plan_sections(config: BenchConfig) -> list[Section]:
         if section.iters % section.per_round:
             raise ValueError(f"{section.title}: iterations ({section.iters}) must be a multiple of the "
                              f"calls per round ({section.per_round})")
+        check_batch_fits(section.batch_size, (3, config.img_size, config.img_size), torch.device(section.device))
     return sections
 
 

@@ -237,9 +237,24 @@ def _forward(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -
     return forward
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+def _out_of_memory(exc: RuntimeError) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
+
+
+def _device_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_batch_fits(batch_size: int, input_size: tuple[int, int, int], device: torch.device) -> None:
+    """Fail clearly when the fp32 input batch alone is larger than the device's memory."""
+    needed = 4 * batch_size * int(np.prod(input_size))
+    available = _device_memory(device)
+    if needed > available:
+        raise ValueError(f"a batch of {batch_size} inputs of {'x'.join(map(str, input_size))} needs "
+                         f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of {device.type} "
+                         "memory; use a smaller batch size")
 
 
 def compare(
@@ -272,21 +287,19 @@ def compare(
     names = list(models)
     baselines = _resolve_baselines(names, baseline)
     _positive("batch_size", batch_size)
+    _positive("iters", iters)
+    _positive("per_round", per_round)
     if threads is not None:
         check_threads(threads)
     if amp_dtype is not None and amp_dtype not in ("float16", "bfloat16"):
         raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {amp_dtype!r}")
     if len(input_size) != 3:
         raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
+    check_batch_fits(batch_size, input_size, device)
     if time_each_call is None:
         time_each_call = device.type == "cpu"
-
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch_size, *input_size, device=device).contiguous(memory_format=memory_format)
-    amp = DTYPES[amp_dtype] if amp_dtype else None
-    runs = {name: _forward(_prepare(model, device, channels_last), x, amp) for name, model in models.items()}
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    rounds_planned = iters // per_round if per_round > 0 else 0
+    rounds_planned = iters // per_round
 
     def result(times: Mapping[str, np.ndarray], rounds: int) -> Comparison:
         stats, ratios = summarise(times, baselines)
@@ -304,11 +317,15 @@ def compare(
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = device.type == "cuda" or cudnn_benchmark
     try:
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        x = torch.randn(batch_size, *input_size, device=device).contiguous(memory_format=memory_format)
+        amp = DTYPES[amp_dtype] if amp_dtype else None
+        runs = {name: _forward(_prepare(model, device, channels_last), x, amp) for name, model in models.items()}
         with num_threads(threads):
             times = time_alternating(runs, iters=iters, warmup=warmup, per_round=per_round,
                                      time_each_call=time_each_call, synchronize=sync, on_round=report_round)
             return result(times, rounds_planned)
-    except (RuntimeError, torch.OutOfMemoryError) as exc:
+    except RuntimeError as exc:
         if _out_of_memory(exc):
             raise ValueError(f"batch size {batch_size} does not fit in {device.type} memory for these models; "
                              f"use a smaller batch size") from exc
