@@ -136,6 +136,15 @@ def test_gpu_without_cuda_is_a_clear_error():
 # --- runner and outputs --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (dict(forms=("folded",)), "forms must be among train, deploy"),
+    (dict(baseline="resnet18"), "baseline 'resnet18' is not among the given models"),
+])
+def test_run_benchmark_rejects_bad_requests(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        run_benchmark(quick_config(**overrides), models={"m": nn.Conv2d(3, 3, 1)}, progress=False)
+
+
 def test_default_baselines_pair_patnet_with_fasternet():
     names = ["patnet_t0", "patnet_t1", "fasternet_t0", "resnet18"]
     assert default_baselines(names) == {"patnet_t0": "fasternet_t0"}

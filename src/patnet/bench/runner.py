@@ -192,6 +192,23 @@ def _section_record(section: Section, comparison: Comparison, macs: Mapping[str,
     }
 
 
+def _model_names(config: BenchConfig, models: Mapping[str, nn.Module] | None) -> list[str]:
+    """The models to measure (the baseline included), after checking names and forms."""
+    names = list(dict.fromkeys(models if models is not None else config.models))
+    if config.baseline is not None and config.baseline not in names:
+        if models is not None:
+            raise ValueError(f"baseline {config.baseline!r} is not among the given models ({', '.join(models)})")
+        names.append(config.baseline)
+    if not names:
+        raise ValueError("no models to benchmark")
+    if models is None:
+        check_model_names(names)
+    unknown = [form for form in config.forms if form not in FORMS]
+    if unknown or not config.forms:
+        raise ValueError(f"forms must be among {', '.join(FORMS)}, got {', '.join(config.forms) or 'none'}")
+    return names
+
+
 def run_benchmark(
     config: BenchConfig = BenchConfig(),
     out_dir: str | Path | None = None,
@@ -212,20 +229,7 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
-    names = list(dict.fromkeys(models if models is not None else config.models))
-    if config.baseline is not None and config.baseline not in names:
-        names.append(config.baseline)
-    if models is None:
-        check_model_names(names)
-    elif config.baseline is not None and config.baseline not in models:
-        raise ValueError(f"baseline {config.baseline!r} is not among the given models ({', '.join(models)})")
-    if not names:
-        raise ValueError("no models to benchmark")
-    for form in config.forms:
-        if form not in FORMS:
-            raise ValueError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
-    if not config.forms:
-        raise ValueError("no forms to measure; choose from " + ", ".join(FORMS))
+    names = _model_names(config, models)
     sections = plan_sections(config)
     deploy = load_deploy() if "deploy" in config.forms else None
     accuracies = load_accuracies(accuracy_file) if accuracy_file else {}
