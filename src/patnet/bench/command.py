@@ -17,14 +17,15 @@ DEFAULTS = BenchConfig()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help=f"timm model names (default: {' '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--baseline", help="model every other model is compared with when it has no "
+    parser.add_argument("--baseline", metavar="MODEL", help="model every other model is compared with when it has no "
                         "fasternet_X partner (added to the models if missing)")
     parser.add_argument("--forms", nargs="+", choices=FORMS,
                         help="training form (eval, unfolded) and/or deploy form (BN folded); default both")
-    parser.add_argument("--img-size", type=int, help=f"input height and width (default {DEFAULTS.img_size})")
+    parser.add_argument("--img-size", type=int, metavar="N",
+                        help=f"input height and width (default {DEFAULTS.img_size})")
     parser.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for every "
                         "timm.create_model call, as a JSON object, e.g. '{\"num_classes\": 10}'")
-    parser.add_argument("--out-dir", default="bench-results",
+    parser.add_argument("--out-dir", default="bench-results", metavar="DIR",
                         help="where bench.json, bench.md and bench.png go (default: bench-results)")
     parser.add_argument("--accuracy", metavar="FILE", help="top-1 accuracies (JSON {model: top1} or CSV with "
                         "columns model,top1): plot latency against accuracy instead of MACs")
@@ -32,32 +33,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke test of about a minute: few iterations, "
                         "1 thread only, small batches (explicit options still apply)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--seed", type=int, help="seed for model initialisation")
+    parser.add_argument("--seed", type=int, metavar="N", help="seed for model initialisation")
 
     cpu = parser.add_argument_group("CPU latency (papers' protocol: batch 1, 1 thread, 10 + 200 calls)")
-    cpu.add_argument("--threads", dest="latency_threads", type=int, nargs="+",
+    cpu.add_argument("--threads", dest="latency_threads", type=int, nargs="+", metavar="N",
                      help="thread counts to measure latency with (default: 1 and all cores)")
-    cpu.add_argument("--latency-batch", type=int, help=f"default {DEFAULTS.latency_batch}")
-    cpu.add_argument("--warmup", type=int, help=f"warm-up calls per model (default {DEFAULTS.warmup})")
-    cpu.add_argument("--iters", type=int, help=f"timed calls per model (default {DEFAULTS.iters})")
-    cpu.add_argument("--per-round", type=int, help="consecutive calls of one model before the next model's "
-                     f"turn (default {DEFAULTS.per_round}; must divide --iters)")
-    cpu.add_argument("--matmul-size", type=int, help=f"size of the fp32 matmul giving the GFLOP/s ceiling "
+    cpu.add_argument("--latency-batch", type=int, metavar="N", help=f"default {DEFAULTS.latency_batch}")
+    cpu.add_argument("--warmup", type=int, metavar="N", help=f"warm-up calls per model (default {DEFAULTS.warmup})")
+    cpu.add_argument("--iters", type=int, metavar="N", help=f"timed calls per model (default {DEFAULTS.iters})")
+    cpu.add_argument("--per-round", type=int, metavar="N", help="consecutive calls of one model before the "
+                     f"next model's turn (default {DEFAULTS.per_round}; must divide --iters)")
+    cpu.add_argument("--matmul-size", type=int, metavar="N", help=f"size of the fp32 matmul giving the GFLOP/s ceiling "
                      f"(default {DEFAULTS.matmul_size})")
 
     tp = parser.add_argument_group("CPU throughput")
-    tp.add_argument("--throughput-batch", type=int, help=f"default {DEFAULTS.throughput_batch}")
-    tp.add_argument("--throughput-threads", type=int, help="default: all cores")
-    tp.add_argument("--throughput-warmup", type=int, help=f"default {DEFAULTS.throughput_warmup}")
-    tp.add_argument("--throughput-iters", type=int, help=f"default {DEFAULTS.throughput_iters}")
+    tp.add_argument("--throughput-batch", type=int, metavar="N", help=f"default {DEFAULTS.throughput_batch}")
+    tp.add_argument("--throughput-threads", type=int, metavar="N", help="default: all cores")
+    tp.add_argument("--throughput-warmup", type=int, metavar="N", help=f"default {DEFAULTS.throughput_warmup}")
+    tp.add_argument("--throughput-iters", type=int, metavar="N", help=f"default {DEFAULTS.throughput_iters}")
 
     gpu = parser.add_argument_group("GPU throughput (fp32 NCHW and AMP channels-last)")
     gpu.add_argument("--gpu", action=argparse.BooleanOptionalAction,
                      help="measure on the GPU (default: when CUDA is available; any GPU option implies --gpu)")
-    gpu.add_argument("--gpu-batch", type=int, help=f"default {DEFAULTS.gpu_batch}")
-    gpu.add_argument("--gpu-warmup", type=int, help=f"default {DEFAULTS.gpu_warmup}")
-    gpu.add_argument("--gpu-iters", type=int, help=f"default {DEFAULTS.gpu_iters}")
-    gpu.add_argument("--gpu-per-round", type=int, help="calls timed as one block between synchronisations "
+    gpu.add_argument("--gpu-batch", type=int, metavar="N", help=f"default {DEFAULTS.gpu_batch}")
+    gpu.add_argument("--gpu-warmup", type=int, metavar="N", help=f"default {DEFAULTS.gpu_warmup}")
+    gpu.add_argument("--gpu-iters", type=int, metavar="N", help=f"default {DEFAULTS.gpu_iters}")
+    gpu.add_argument("--gpu-per-round", type=int, metavar="N", help="calls timed as one block between synchronisations "
                      f"(default {DEFAULTS.gpu_per_round}; must divide --gpu-iters)")
     gpu.add_argument("--amp-dtype", choices=("float16", "bfloat16"), help=f"default {DEFAULTS.amp_dtype}")
 
