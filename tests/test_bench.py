@@ -12,7 +12,7 @@ from torch import nn
 
 from patnet.bench import (BenchConfig, TimingStats, compare, default_baselines, load_accuracies, matmul_gflops,
                           measure_latency, run_benchmark, time_alternating)
-from patnet.bench.runner import load_deploy
+from patnet.bench.runner import load_deploy, plan_sections
 from patnet.bench.timing import summarise
 from patnet.cli import main
 
@@ -105,6 +105,25 @@ def test_measure_latency_and_matmul_ceiling():
     assert not model.training
     gflops = matmul_gflops(threads=1, size=128, iters=2)
     assert math.isfinite(gflops) and gflops > 0
+
+
+def test_gpu_style_timing_runs_on_cpu_without_touching_the_model():
+    """AMP, channels-last and block timing (the GPU sections' settings) exercised on the CPU."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).train()
+    result = compare({"m": model}, input_size=(3, 16, 16), batch_size=2, amp_dtype="bfloat16",
+                     channels_last=True, time_each_call=False, warmup=1, iters=4, per_round=2)
+    assert (result.precision, result.memory_format, result.stats["m"].n) == ("amp bfloat16", "channels_last", 2)
+    assert model.training and model[0].weight.is_contiguous()  # timed a converted copy
+
+
+def test_gpu_sections_are_planned_when_cuda_is_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("patnet.bench.timing._device_memory", lambda device: 80 * 2**30)
+    sections = {s.key: s for s in plan_sections(BenchConfig(gpu_batch=64, amp_dtype="bfloat16"))}
+    fp32, amp = sections["gpu_fp32"], sections["gpu_amp"]
+    assert (fp32.device, fp32.batch_size, fp32.amp_dtype, fp32.channels_last) == ("cuda", 64, None, False)
+    assert (amp.amp_dtype, amp.channels_last, amp.kind) == ("bfloat16", True, "throughput")
+    assert not any(key.startswith("gpu") for key in (s.key for s in plan_sections(BenchConfig(gpu=False))))
 
 
 def test_compare_restores_thread_count():

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ def compare(
     _positive("per_round", per_round)
     if threads is not None:
         check_threads(threads)
-    if amp_dtype is not None and amp_dtype not in ("float16", "bfloat16"):
+    if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
         raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {amp_dtype!r}")
     if len(input_size) != 3:
         raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
@@ -319,7 +319,7 @@ def compare(
     try:
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         x = torch.randn(batch_size, *input_size, device=device).contiguous(memory_format=memory_format)
-        amp = DTYPES[amp_dtype] if amp_dtype else None
+        amp = AMP_DTYPES[amp_dtype] if amp_dtype else None
         runs = {name: _forward(_prepare(model, device, channels_last), x, amp) for name, model in models.items()}
         with num_threads(threads):
             times = time_alternating(runs, iters=iters, warmup=warmup, per_round=per_round,
