@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from dataclasses import fields
 
-from .report import print_report
+from .report import load_average, print_report
 from .runner import DEFAULT_MODELS, FORMS, BenchConfig, run_benchmark, with_overrides
 
 GPU_OPTIONS = ("gpu_batch", "gpu_warmup", "gpu_iters", "gpu_per_round", "amp_dtype")
@@ -110,8 +111,17 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def warn_if_busy() -> None:
+    """Say so when other work is running: it distorts timings, multi-threaded ones most."""
+    load, cores = load_average(), os.cpu_count() or 1
+    if load is not None and load > 0.5:
+        print(f"patnet bench: warning: load average {load} on {cores} cores; other work is running and will "
+              "distort the timings (multi-threaded ones most)", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    warn_if_busy()
     try:
         results = run_benchmark(config, args.out_dir, accuracy_file=args.accuracy, plot_y=args.plot_y,
                                 command=command_line(args), progress=not args.no_progress)

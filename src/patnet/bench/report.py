@@ -184,7 +184,8 @@ def section_description(section: dict) -> str:
     per_round = section["per_round"]
     timing = "each call timed" if section["device"] == "cpu" else f"blocks of {per_round} calls timed"
     threads = "" if section["threads"] is None else f", {section['threads']} thread" + "s" * (section["threads"] != 1)
-    status = "complete" if section["complete"] else f"interrupted after {section['rounds']} rounds"
+    status = (f"complete in {section['wall_s']} s" if section["complete"]
+              else f"interrupted after {section['rounds']} rounds")
     return (f"{section['device']}{threads}, batch {section['batch_size']}, {section['precision']}, "
             f"{section['memory_format']}; {section['warmup']} warm-up + {section['iters']} timed calls per model, "
             f"{per_round} in a row per round ({section['rounds_planned']} rounds), {timing}; {status}.")

@@ -59,7 +59,7 @@ class BenchConfig:
     def quick(cls, **overrides) -> BenchConfig:
         """Settings for a run of about a minute on a 2-core machine: a smoke test, not a measurement."""
         settings = dict(latency_threads=(1,), warmup=1, iters=8, per_round=2, throughput_batch=2,
-                        throughput_warmup=1, throughput_iters=2, gpu_batch=32, gpu_warmup=5,
+                        throughput_threads=1, throughput_warmup=1, throughput_iters=2, gpu_batch=32, gpu_warmup=5,
                         gpu_iters=20, gpu_per_round=5, matmul_size=1024)
         return cls(**{**settings, **overrides})
 
@@ -263,6 +263,7 @@ def run_benchmark(
     torch.manual_seed(config.seed)
     variants: dict[str, nn.Module] = {}
     macs: dict[str, int] = {}
+    build_start = time.perf_counter()
     try:
         for name in tqdm(names, desc="building models", disable=not progress, leave=False):
             model = models[name] if models is not None else timm.create_model(
@@ -273,6 +274,7 @@ def run_benchmark(
                                        "baseline": baselines.get(name), "accuracy": accuracies.get(name)}
             for form in config.forms:
                 variants[_variant(name, form)] = model if form == "train" else deploy(model).eval()
+            results["header"]["build_wall_s"] = round(time.perf_counter() - build_start, 1)
             save()
 
         cpu_threads = sorted({s.threads for s in sections if s.device == "cpu"})
@@ -287,10 +289,12 @@ def run_benchmark(
             for section in sections:
                 bar.set_description(section.title)
                 results["sections"].append(None)
+                section_start = time.perf_counter()
 
                 def record(comparison: Comparison, final: bool = False) -> None:
-                    results["sections"][-1] = _section_record(section, comparison, macs,
-                                                              results["header"]["matmul_gflops"])
+                    results["sections"][-1] = {
+                        **_section_record(section, comparison, macs, results["header"]["matmul_gflops"]),
+                        "wall_s": round(time.perf_counter() - section_start, 1)}
                     if not final:
                         bar.update(1)
                     save(plot=final, force=final)
