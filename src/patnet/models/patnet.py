@@ -98,7 +98,9 @@ class PatBlock(nn.Module):
         elif isinstance(mixer, PartialSelfAttn):
             self.spatial_mixing = mixer.fuse()
         project = conv_with_bias(mlp[3])
-        layers: List[nn.Module] = [expand, mlp[2], project]
+        # in place: saves an allocation and a pass over the widest tensor of the block (~4% of t2's latency)
+        act = nn.ReLU(inplace=True) if type(mlp[2]) is nn.ReLU else mlp[2]
+        layers: List[nn.Module] = [expand, act, project]
         if len(mlp) > 4:
             spatial = mlp[4]
             # rows A of `project` stay; rows B become conv(BN(project_B(x))): two linear maps composed
