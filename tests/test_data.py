@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patnet.data import (FASHION_MNIST_CLASSES, ImageFolderDataset, build_datasets, build_transform,
-                         fashion_mnist, image_folder_splits, read_idx, synthetic)
+from patnet.data import (FASHION_MNIST_CLASSES, ImageFolderDataset, build_dataset, build_transform,
+                         fashion_mnist, image_folder_split, read_idx, synthetic)
 from patnet.data.datasets import FASHION_MNIST_DIR
 
 
@@ -75,13 +75,13 @@ def test_image_folder_skips_and_counts_empty_and_corrupt_files(tmp_path):
 def test_image_folder_splits_need_train_and_val(tmp_path):
     make_folder(tmp_path / "train", {"a": 1, "b": 1})
     with pytest.raises(FileNotFoundError, match="lacks the val folder"):
-        image_folder_splits(tmp_path)
+        image_folder_split(tmp_path, "val")
 
 
 def test_image_folder_val_keeps_training_class_indices(tmp_path):
     make_folder(tmp_path / "train", {"a": 1, "b": 1, "c": 1})
     make_folder(tmp_path / "val", {"c": 2})
-    train, val = image_folder_splits(tmp_path)
+    train, val = image_folder_split(tmp_path, "train"), image_folder_split(tmp_path, "val")
     assert val.classes == train.classes and {label for _, label in val} == {2}
 
 
@@ -107,6 +107,6 @@ def test_transforms_give_the_requested_size(name, img_size, channels):
         assert transform(image).shape == (channels, img_size, img_size)
 
 
-def test_build_datasets_folder_needs_data_dir():
+def test_folder_dataset_needs_data_dir():
     with pytest.raises(ValueError, match="needs --data-dir"):
-        build_datasets("folder", None, 32)
+        build_dataset("folder", "val", None, 32)

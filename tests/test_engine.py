@@ -65,7 +65,7 @@ def test_evaluating_the_last_checkpoint_reproduces_the_training_metrics(trained_
 def test_predict_names_the_top_classes(trained_run, tmp_path):
     output, _ = trained_run
     model, meta = load_trained_model(output / "best")
-    dataset = trainer.build_datasets("synthetic", None, 32)[1]
+    dataset = trainer.build_dataset("synthetic", "val", None, 32)
     image, label = dataset.images[0], dataset.labels[0]
     Image.fromarray(image).save(tmp_path / "sample.png")
     (ranking,) = predict_files(model, meta, [tmp_path / "sample.png"], topk=5)
@@ -159,7 +159,7 @@ def test_weights_without_patnet_metadata_are_refused(tmp_path):
     (dict(batch_size=1), "at least 2"),
     (dict(smoothing=1.5), "--smoothing 1.5 is invalid"),
     (dict(mixup=0.2, batch_size=15), "an even number when --mixup"),
-    (dict(warmup_epochs=5, epochs=5), "--warmup-epochs 5 is invalid"),
+    (dict(warmup_epochs=6, epochs=5), "--warmup-epochs 6 is invalid"),
     (dict(drop_path=-0.1), "--drop-path"),
     (dict(lr=0.0), "--lr 0.0 is invalid"),
     (dict(no_such_option=1), "unknown training option"),

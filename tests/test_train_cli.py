@@ -98,7 +98,7 @@ def run_main(capsys, *argv):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data-dir", "/nonexistent"], "install it with `sudo apt-get install dataset-fashion-mnist`"),
-    (["train", "--dataset", "folder", "--data-dir", "/nonexistent"], "lacks the train and val folder"),
+    (["train", "--dataset", "folder", "--data-dir", "/nonexistent"], "lacks the train folder"),
     (["train", "--epochs", "0"], "--epochs 0 is invalid: expected an integer >= 1"),
     (["train", "-b", "7", "--mixup", "0.2"], "an even number when --mixup"),
     (["train", "--model", "resnet_nope"], "unknown model 'resnet_nope'"),

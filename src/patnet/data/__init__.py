@@ -1,6 +1,6 @@
 """Datasets and transforms for training and evaluating classifiers.
 
-``build_datasets`` returns the train and val splits of one of ``DATASETS`` with their transforms;
+``build_dataset`` returns the train or val split of one of ``DATASETS`` with its transform;
 ``eval_transform`` rebuilds the evaluation transform a checkpoint was trained with.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .datasets import (FASHION_MNIST_CLASSES, ArrayImageDataset, ImageFolderDataset, fashion_mnist,
-                       image_folder_splits, read_idx, synthetic)
+                       image_folder_split, read_idx, synthetic)
 from .transforms import photo_transform, small_image_transform
 
 
@@ -45,22 +45,21 @@ def build_transform(name: str, img_size: int, train: bool, **aug):
     return make(img_size, info.mean, info.std, train, **aug)
 
 
-def build_datasets(name: str, data_dir: str | None, img_size: int, **aug):
-    """Train and val splits of dataset ``name`` with their transforms (``aug`` applies to training only)."""
+def build_dataset(name: str, split: str, data_dir: str | None, img_size: int, **aug):
+    """Split ``split`` ("train" or "val") of dataset ``name`` with its transform (``aug`` applies to "train")."""
     info = dataset_info(name)
     if name == "fashion-mnist":
-        train, val = fashion_mnist("train", data_dir), fashion_mnist("val", data_dir)
+        dataset = fashion_mnist(split, data_dir)
     elif name == "synthetic":
-        train, val = synthetic("train"), synthetic("val")
+        dataset = synthetic(split)
     else:
         if data_dir is None:
             raise ValueError("--dataset folder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")
-        train, val = image_folder_splits(data_dir, mode="RGB" if info.in_chans == 3 else "L")
-    train.transform = build_transform(name, img_size, True, **aug)
-    val.transform = build_transform(name, img_size, False)
-    return train, val
+        dataset = image_folder_split(data_dir, split, mode="RGB" if info.in_chans == 3 else "L")
+    dataset.transform = build_transform(name, img_size, split == "train", **aug)
+    return dataset
 
 
 __all__ = ["DATASETS", "DatasetInfo", "FASHION_MNIST_CLASSES", "ArrayImageDataset", "ImageFolderDataset",
-           "build_datasets", "build_transform", "dataset_info", "fashion_mnist", "image_folder_splits",
+           "build_dataset", "build_transform", "dataset_info", "fashion_mnist", "image_folder_split",
            "read_idx", "synthetic"]

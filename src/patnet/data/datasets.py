@@ -152,13 +152,13 @@ class ImageFolderDataset(Dataset):
         return image, label
 
 
-def image_folder_splits(root: str | os.PathLike, mode: str = "RGB") -> tuple[ImageFolderDataset, ImageFolderDataset]:
-    """The ``train`` and ``val`` splits of an image-folder dataset at ``root``."""
+def image_folder_split(root: str | os.PathLike, split: str, mode: str = "RGB") -> ImageFolderDataset:
+    """Split ``split`` ("train" or "val") of an image-folder dataset at ``root``; the class list (and so the
+    class indices) always comes from ``root/train``."""
     root = Path(root)
-    missing = [split for split in ("train", "val") if not (root / split).is_dir()]
+    missing = [name for name in dict.fromkeys(("train", split)) if not (root / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"{root} lacks the {' and '.join(missing)} folder(s); an image-folder dataset needs "
                                 f"{root}/train/<class>/<images> and {root}/val/<class>/<images>")
-    train = ImageFolderDataset(root / "train", mode=mode)
-    return train, ImageFolderDataset(root / "val", mode=mode, classes=train.classes)
-
+    classes, _ = find_classes(str(root / "train"))
+    return ImageFolderDataset(root / split, mode=mode, classes=classes)

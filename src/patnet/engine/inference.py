@@ -8,7 +8,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
-from ..data import build_datasets, build_transform, dataset_info
+from ..data import build_dataset, build_transform, dataset_info
 from . import checkpoint as ckpt
 from .distributed import DistContext
 from .evaluate import EvalResult, evaluate
@@ -40,7 +40,7 @@ def evaluate_checkpoint(model: torch.nn.Module, meta: dict, dataset: str | None 
     if dataset_info(dataset).in_chans != meta["in_chans"]:
         raise ValueError(f"the model takes {meta['in_chans']}-channel images but --dataset {dataset} has "
                          f"{dataset_info(dataset).in_chans}; evaluate on a dataset like the training one")
-    _, val_set = build_datasets(dataset, data_dir, meta["img_size"])
+    val_set = build_dataset(dataset, "val", data_dir, meta["img_size"])
     if len(val_set.classes) != meta["num_classes"]:
         raise ValueError(f"the model has {meta['num_classes']} classes but the {dataset} val split has "
                          f"{len(val_set.classes)}; evaluate on the data it was trained on")

@@ -22,7 +22,7 @@ from timm.utils import ModelEmaV3, NativeScaler, distribute_bn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..data import build_datasets, dataset_info
+from ..data import build_dataset, dataset_info
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import (DistContext, ShardSampler, all_gather_objects, all_reduce_sum, barrier,
@@ -106,7 +106,8 @@ class _Run:
         info = dataset_info(config.dataset)
         self.img_size = config.img_size or info.img_size
         aug = dict(hflip=config.hflip, auto_augment=config.aa, no_aug=config.no_aug)
-        train_set, val_set = build_datasets(config.dataset, config.data_dir, self.img_size, **aug)
+        train_set = build_dataset(config.dataset, "train", config.data_dir, self.img_size, **aug)
+        val_set = build_dataset(config.dataset, "val", config.data_dir, self.img_size)
         self.classes = train_set.classes
         self.metadata = dict(model=config.model, model_kwargs=model_kwargs(config), num_classes=len(self.classes),
                              in_chans=info.in_chans, class_names=self.classes, dataset=config.dataset,
@@ -250,6 +251,7 @@ class _Run:
         loss_total, start = 0.0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=None if ctx.is_main else True)
+        log_every = max(1, steps // 40)  # in tens of steps: about four lines per epoch
         for step, (images, targets) in enumerate(bar):
             images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
             if self.mixup is not None:
@@ -278,8 +280,11 @@ class _Run:
             loss_total += mean_loss
             if step % 10 == 0 or step == steps - 1:
                 rate = (step + 1) * self.global_batch / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                img_s=f"{rate:.0f}", refresh=False)
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+                if bar.disable and ctx.is_main and step // 10 % log_every == 0:  # no terminal: log lines instead
+                    print(f"  epoch {epoch + 1} step {step + 1}/{steps}  loss {mean_loss:.4f}  lr {lr:.2e}  "
+                          f"{rate:.0f} img/s", flush=True)
         elapsed = time.perf_counter() - start
         return loss_total / steps, steps * self.global_batch / elapsed
 
