@@ -68,8 +68,8 @@ class TrainConfig:
         check(self.lr is None or self.lr > 0, "--lr", self.lr, "a positive number")
         check(self.lr_base > 0, "--lr-base", self.lr_base, "a positive number")
         check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, "a number >= 0")
-        check(0 <= self.warmup_epochs < self.epochs, "--warmup-epochs", self.warmup_epochs,
-              f"a number in [0, --epochs={self.epochs})")
+        check(0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs", self.warmup_epochs,
+              f"a number in [0, --epochs={self.epochs}]")
         check(0 <= self.smoothing < 1, "--smoothing", self.smoothing, "a number in [0, 1)")
         check(self.mixup >= 0, "--mixup", self.mixup, "an alpha >= 0 (0 disables mixup)")
         check(self.cutmix >= 0, "--cutmix", self.cutmix, "an alpha >= 0 (0 disables cutmix)")
