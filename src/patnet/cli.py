@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("patnet.eval_cli", "evaluate a checkpoint: top-1/top-5, confusion matrix"),
     "predict": ("patnet.predict_cli", "print the top-5 classes of images with a trained checkpoint"),
     "bench": ("patnet.bench.command", "compare models' params, MACs, latency and throughput on this machine"),
+    "study": ("patnet.study", "Fashion-MNIST study: PATNet-T0 vs FasterNet-T0 and PAT-block ablations; resumable"),
 }
 
 # Errors that carry a user-facing message; anything else is a bug and keeps its traceback.

@@ -1,0 +1,169 @@
+"""The Fashion-MNIST study's machinery on the synthetic set: runs, skip and resume, report, subsets, estimate."""
+import json
+import statistics
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from patnet import study
+from patnet.cli import main
+from patnet.data import fashion_mnist
+from patnet.engine import trainer
+from patnet.flops import count_params
+
+# Every study variant, on 128 synthetic 32x32 images for two epochs: seconds, not minutes.
+TINY = replace(study.PLANS["quick"], name="tiny", train_subset=None, latency_warmup=1, latency_iters=4,
+               recipe=dict(dataset="synthetic", img_size=32, batch_size=16, epochs=2, lr=5e-3, warmup_epochs=0,
+                           smoothing=0.0, hflip=0.0))
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("study")
+    results = study.run_study(TINY, root / "out", root / "report", "patnet study (tiny)", log=quiet)
+    return root, results
+
+
+def test_the_report_is_computed_from_the_runs_metrics(tiny_study):
+    root, results = tiny_study
+    assert [row["key"] for row in results["rows"]] == [v.key for v in study.VARIANTS]
+    for row in results["rows"]:
+        seeds = TINY.headline_seeds if row["key"] in study.HEADLINE else TINY.ablation_seeds
+        assert row["seeds"] == list(range(seeds))
+        final = [json.loads((root / "out" / "runs" / row["key"] / f"seed{s}" / "metrics.json").read_text())[-1]
+                 for s in row["seeds"]]
+        assert [f["epoch"] for f in final] == [2] * seeds
+        assert row["top1"] == [f["top1"] for f in final]
+        assert row["top1_mean"] == pytest.approx(statistics.fmean(row["top1"]))
+        assert row["top1_std"] == (pytest.approx(statistics.stdev(row["top1"])) if seeds > 1 else None)
+    saved = json.loads((root / "report" / "results.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(results["rows"]))
+    markdown = (root / "report" / "results.md").read_text()
+    assert results["test_images"] == 128 and "on the 128 test images" in markdown
+    assert "`patnet study (tiny)`" in markdown and all(v.label in markdown for v in study.VARIANTS)
+    assert (root / "report" / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sizes_and_latency_are_the_trained_models(tiny_study):
+    _, results = tiny_study
+    for row in results["rows"]:
+        model = timm.create_model(row["model"], num_classes=4, in_chans=1, **row["model_kwargs"])
+        assert row["params"] == count_params(model)
+        assert row["macs"] > 0 and row["latency_ms"] > 0 and row["input_size"] == [1, 32, 32]
+    rows = {row["key"]: row for row in results["rows"]}
+    # The median of per-call ratios lies near the ratio of median times.
+    ratio_of_medians = rows[study.PATNET]["latency_ms"] / rows[study.BASELINE]["latency_ms"]
+    assert rows[study.PATNET]["ratio"] == pytest.approx(ratio_of_medians, rel=0.5)
+    assert rows["patnet_t0_sp"]["params"] > rows[study.PATNET]["params"]  # PAT_sp adds a conv per block
+    assert rows["patnet_t0_pconv"]["macs"] < rows[study.PATNET]["macs"]  # no attention, no statistics branch
+
+
+def test_findings_compare_patnet_with_fasternet_and_each_ablation(tiny_study):
+    _, results = tiny_study
+    rows = {row["key"]: row for row in results["rows"]}
+    lines = study.findings(results)
+    gap = rows[study.PATNET]["top1_mean"] - rows[study.BASELINE]["top1_mean"]
+    assert lines[0].startswith(f"PATNet-T0 minus FasterNet-T0: {gap:+.2f} points")
+    assert len(lines) == 2 + 3
+
+
+def test_a_second_invocation_trains_nothing_and_logs_both(tiny_study, monkeypatch):
+    root, results = tiny_study
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(study, "train", no_training)
+    again = study.run_study(TINY, root / "out", root / "report", "again", log=quiet)
+    assert [row["top1"] for row in again["rows"]] == [row["top1"] for row in results["rows"]]
+    assert [i["epochs_trained"] for i in again["invocations"]] == [2 * 7, 0]
+    assert again["wall_s"] == pytest.approx(sum(i["wall_s"] for i in again["invocations"]))
+
+
+def test_a_run_with_another_recipe_is_refused(tiny_study):
+    root, _ = tiny_study
+    changed = replace(TINY, recipe={**TINY.recipe, "lr": 1e-3})
+    with pytest.raises(ValueError, match=r"seed0 was trained with lr=0.005 but the study's recipe has 0.001"):
+        study.run_study(changed, root / "out", root / "report2", "changed", log=quiet)
+
+
+def test_an_interrupted_run_is_resumed_from_its_last_epoch(tmp_path, monkeypatch):
+    plan = replace(TINY, variants=study.VARIANTS[:1], headline_seeds=1)
+    original = trainer._Run._train_one_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(trainer._Run, "_train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(plan, tmp_path / "out", tmp_path / "report", "first", log=quiet)
+    monkeypatch.undo()
+    [run] = study.plan_runs(plan, tmp_path / "out")
+    assert study.saved_state(run)["epoch"] == 1
+
+    calls = []
+    real_train = study.train
+    monkeypatch.setattr(study, "train", lambda config, resume=None: calls.append(resume) or real_train(config, resume))
+    results = study.run_study(plan, tmp_path / "out", tmp_path / "report", "second", log=quiet)
+    assert calls == [run.dir]
+    assert [row["epoch"] for row in study.saved_state(run)["history"]] == [1, 2]
+    assert results["invocations"][0]["epochs_trained"] == 1  # only the interrupted invocation is not logged
+
+
+def test_a_training_subset_keeps_chosen_images_with_their_labels_and_the_whole_test_set(tmp_path):
+    rng = np.random.default_rng(1)
+    source = tmp_path / "source"
+    source.mkdir()
+    arrays = {"train": (rng.integers(0, 256, (50, 28, 28)), rng.integers(0, 10, 50)),
+              "val": (rng.integers(0, 256, (20, 28, 28)), rng.integers(0, 10, 20))}
+    for split, (images, labels) in arrays.items():
+        image_file, label_file = study.FASHION_MNIST_FILES[split]
+        study.write_idx(source / image_file, images)
+        study.write_idx(source / label_file, labels)
+    dest = study.write_train_subset(tmp_path / "subset", 10, source)
+    train, test = fashion_mnist("train", dest), fashion_mnist("val", dest)
+    assert len(train) == 10 and len(np.unique(train.images.reshape(10, -1), axis=0)) == 10
+    for image, label in zip(train.images, train.labels):
+        index = next(i for i, candidate in enumerate(arrays["train"][0]) if np.array_equal(candidate, image))
+        assert label == arrays["train"][1][index]
+    assert np.array_equal(test.images, arrays["val"][0]) and np.array_equal(test.labels, arrays["val"][1])
+    with pytest.raises(ValueError, match="1 to 50 images, got 51"):
+        study.write_train_subset(tmp_path / "too-many", 51, source)
+
+
+def test_the_full_study_estimate_scales_each_variants_epoch_to_the_whole_training_set():
+    quick = replace(study.PLANS["quick"], train_subset=12800, recipe={**study.RECIPE, "batch_size": 128})
+    full = replace(study.PLANS["full"], recipe={**study.RECIPE, "batch_size": 128, "epochs": 4})
+    rows = [dict(key=study.BASELINE, train_images_per_s=400.0, epoch_s=12800 / 400 + 10),
+            dict(key="patnet_t0_sp", train_images_per_s=200.0, epoch_s=12800 / 200 + 20)]
+    used = 60000 // 128 * 128
+    expected = 3 * 4 * (used / 400 + 10) + 1 * 4 * (used / 200 + 20)
+    assert study.estimate_full_s(rows, quick, full) == pytest.approx(expected)
+
+
+def test_the_command_refuses_a_file_as_output_directory(tmp_path, capsys):
+    path = tmp_path / "a-file"
+    path.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--quick", "--output", str(path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"patnet study: error: --output {path} is a file; pass a directory"
