@@ -167,3 +167,11 @@ def test_the_command_refuses_a_file_as_output_directory(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"patnet study: error: --output {path} is a file; pass a directory"
+
+
+def test_at_the_studys_resolution_the_last_stage_keeps_2x2_tokens():
+    size = study.RECIPE["img_size"]
+    for variant in study.VARIANTS:
+        model = timm.create_model(variant.model, num_classes=10, in_chans=1, **variant.model_kwargs).eval()
+        with torch.no_grad():
+            assert model.forward_features(torch.zeros(1, 1, size, size)).shape[-2:] == (2, 2), variant.key
