@@ -175,3 +175,11 @@ def test_at_the_studys_resolution_the_last_stage_keeps_2x2_tokens():
         model = timm.create_model(variant.model, num_classes=10, in_chans=1, **variant.model_kwargs).eval()
         with torch.no_grad():
             assert model.forward_features(torch.zeros(1, 1, size, size)).shape[-2:] == (2, 2), variant.key
+
+
+def test_a_quick_report_states_the_full_studys_estimated_time(tiny_study):
+    _, results = tiny_study
+    epochs = study.PLANS["full"].recipe["epochs"]
+    markdown = study.to_markdown({**results, "estimate_full_s": epochs * 754.0})
+    assert "takes about 12 min 34 s, so `patnet study`" in markdown
+    assert f"({epochs} epochs) would train for about" in markdown

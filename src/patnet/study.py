@@ -316,9 +316,12 @@ def to_markdown(results: dict) -> str:
     if found:
         lines += ["## Findings", "", *(f"- {line}" for line in found), ""]
     if results.get("estimate_full_s") is not None:
+        epochs = PLANS["full"].recipe["epochs"]
         lines += ["## Full-study estimate", "",
-                  f"From this run's per-variant training rates and per-epoch rest, `patnet study` (the full plan) "
-                  f"would train for about {_duration(results['estimate_full_s'])}.", ""]
+                  "From this run's per-variant training rates and per-epoch evaluation time, one epoch of every run "
+                  f"of the full study takes about {_duration(results['estimate_full_s'] / epochs)}, so "
+                  f"`patnet study` ({epochs} epochs) would train for about {_duration(results['estimate_full_s'])}.",
+                  ""]
     return "\n".join(lines)
 
 
