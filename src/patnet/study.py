@@ -102,13 +102,15 @@ class Run:
 
 
 def plan_runs(plan: Plan, output: str | os.PathLike) -> list[Run]:
-    """The runs of ``plan``, each in ``output/runs/<variant>/seed<N>``."""
+    """The runs of ``plan``, each in ``output/runs/<variant>/seed<N>``: seed 0 of every variant first, so a study
+    run in pieces has one seed of everything early."""
     output = Path(output)
     data_dir = str(output / "data") if plan.train_subset else None
     runs = []
-    for variant in plan.variants:
-        seeds = plan.headline_seeds if variant.key in HEADLINE else plan.ablation_seeds
-        for seed in range(seeds):
+    for seed in range(max(plan.headline_seeds, plan.ablation_seeds)):
+        for variant in plan.variants:
+            if seed >= (plan.headline_seeds if variant.key in HEADLINE else plan.ablation_seeds):
+                continue
             config = make_config(**{**plan.recipe, "model": variant.model, "model_kwargs": dict(variant.model_kwargs),
                                     "seed": seed, "output": str(output / "runs" / variant.key / f"seed{seed}"),
                                     "data_dir": data_dir})
