@@ -105,7 +105,7 @@ def plan_runs(plan: Plan, output: str | os.PathLike) -> list[Run]:
     """The runs of ``plan``, each in ``output/runs/<variant>/seed<N>``: seed 0 of every variant first, so a study
     run in pieces has one seed of everything early."""
     output = Path(output)
-    data_dir = str(output / "data") if plan.train_subset else None
+    data_dir = str(subset_dir(output, plan.train_subset)) if plan.train_subset else None
     runs = []
     for seed in range(max(plan.headline_seeds, plan.ablation_seeds)):
         for variant in plan.variants:
@@ -141,6 +141,10 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def subset_dir(output: Path, count: int) -> Path:
+    return output / "data" / f"fashion-mnist-train{count}"
 
 
 def write_train_subset(dest: str | os.PathLike, count: int, source: str | os.PathLike | None = None,
@@ -366,7 +370,7 @@ def run_study(plan: Plan, output: str | os.PathLike, report_dir: str | os.PathLi
     if plan.train_subset:
         if plan.recipe["dataset"] != "fashion-mnist":
             raise ValueError(f"a training subset needs the fashion-mnist dataset, not {plan.recipe['dataset']}")
-        write_train_subset(output / "data", plan.train_subset)
+        write_train_subset(subset_dir(output, plan.train_subset), plan.train_subset)
     runs = plan_runs(plan, output)
     trained = train_all(runs, log)
     histories = {run.name: saved_state(run)["history"] for run in runs}
