@@ -144,6 +144,17 @@ def test_a_crash_while_saving_leaves_last_pointing_at_a_complete_checkpoint(tmp_
     assert ckpt.read_metadata(last / ckpt.WEIGHTS)["epoch"] == 1 and ckpt.load_state(last) == {"epoch": 1}
 
 
+def test_writing_an_epoch_again_never_touches_the_checkpoint_last_points_at(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    first = ckpt.save_checkpoint(tmp_path, 2, model, dict(epoch=2), {"run": 1})
+    ckpt.point(tmp_path / "last", first)
+    again = ckpt.save_checkpoint(tmp_path, 2, model, dict(epoch=2), {"run": 2})  # e.g. resumed from epoch 1
+    assert again != first and ckpt.load_state(tmp_path / "last") == {"run": 1}
+    ckpt.point(tmp_path / "last", again)
+    ckpt.prune_checkpoints(tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [again.name]
+
+
 def test_weights_without_patnet_metadata_are_refused(tmp_path):
     from safetensors.torch import save_file
     save_file({"w": torch.zeros(2)}, tmp_path / "foreign.safetensors")

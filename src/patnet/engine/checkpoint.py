@@ -10,11 +10,12 @@ A checkpoint is a directory ``<run>/checkpoints/epoch-NNNN/`` holding
 
 The directory is written under a temporary name and renamed when complete; ``<run>/last`` and
 ``<run>/best`` are symbolic links replaced atomically (``os.replace``). A crash at any moment leaves
-``last`` and ``best`` pointing at complete checkpoints.
+``last`` and ``best`` pointing at complete checkpoints, and no directory is ever overwritten in place.
 """
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
@@ -71,6 +72,10 @@ def save_checkpoint(run_dir: str | os.PathLike, epoch: int, model: torch.nn.Modu
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoints / f"epoch-{epoch:04d}"
+    for again in itertools.count(1):  # an epoch written again after resuming from an earlier checkpoint
+        if not final.exists():        # gets a new name: the old one may be what last/best point at
+            break
+        final = checkpoints / f"epoch-{epoch:04d}-{again}"
     staging = checkpoints / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -81,8 +86,6 @@ def save_checkpoint(run_dir: str | os.PathLike, epoch: int, model: torch.nn.Modu
             _write_bytes(staging / EMA_WEIGHTS, save(_plain_state_dict(ema), metadata=meta))
         _write_bytes(staging / STATE, _torch_bytes(state))
         _fsync_dir(staging)
-        if final.exists():  # an epoch written again after a resume replaces the earlier copy
-            shutil.rmtree(final)
         os.replace(staging, final)
         _fsync_dir(checkpoints)
     except BaseException:
