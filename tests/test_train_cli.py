@@ -38,8 +38,9 @@ def last_epoch(run_dir) -> int:
     return int(link.resolve().name.split("-")[1]) if link.exists() else 0
 
 
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
-    args = ["train", *TINY, *RANDOM_EVERYTHING, "--epochs", "4"]
+@pytest.mark.parametrize("workers", ["0", "1"])  # in-process loading, and a worker process with its own seeds
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, workers):
+    args = ["train", *TINY, *RANDOM_EVERYTHING, "--workers", workers, "--epochs", "4"]
     reference = patnet(*args, "--output", str(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr
 
