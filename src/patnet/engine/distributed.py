@@ -53,15 +53,6 @@ def all_gather_objects(obj, ctx: DistContext) -> list:
     return gathered
 
 
-def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
