@@ -174,6 +174,8 @@ def test_weights_without_patnet_metadata_are_refused(tmp_path):
     (dict(drop_path=-0.1), "--drop-path"),
     (dict(lr=0.0), "--lr 0.0 is invalid"),
     (dict(no_such_option=1), "unknown training option"),
+    (dict(aa="garbage"), "--aa 'garbage' is invalid: expected a timm RandAugment policy"),
+    (dict(aa="rand-m9-q2"), "--aa 'rand-m9-q2' is invalid"),
 ])
 def test_bad_config_values_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from timm.data import rand_augment_transform
+
 
 @dataclass
 class TrainConfig:
@@ -84,6 +86,17 @@ class TrainConfig:
         check(self.clip_grad is None or self.clip_grad > 0, "--clip-grad", self.clip_grad, "a positive norm")
         check(0 < self.model_ema_decay < 1, "--model-ema-decay", self.model_ema_decay, "a number in (0, 1)")
         check(self.workers >= 0, "--workers", self.workers, "an integer >= 0")
+        check(self.aa is None or _is_rand_augment(self.aa), "--aa", self.aa,
+              "a timm RandAugment policy such as rand-m9-mstd0.5-inc1")
+
+
+def _is_rand_augment(policy: str) -> bool:
+    """Whether timm parses ``policy`` as a RandAugment policy."""
+    try:
+        rand_augment_transform(policy, {})
+    except (AssertionError, ValueError, KeyError, IndexError):
+        return False
+    return True
 
 
 def _paper_recipe(variant: str, weight_decay: float, drop_path: float, aa: str | None, mixup: float,
