@@ -12,6 +12,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("patnet.demo", "build every PATNet variant and print its params and MACs"),
+    "export": ("patnet.export", "export a model's deployment form to ONNX or TorchScript, verified"),
     "train": ("patnet.train_cli", "train a model (Fashion-MNIST, an image folder or a synthetic set); resumable"),
     "eval": ("patnet.eval_cli", "evaluate a checkpoint: top-1/top-5, confusion matrix"),
     "predict": ("patnet.predict_cli", "print the top-5 classes of images with a trained checkpoint"),
