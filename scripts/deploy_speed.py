@@ -47,17 +47,6 @@ class WithContext(nn.Module):
             return self.model(x)
 
 
-class ChannelsLast(nn.Module):
-    """A channels-last copy of ``model`` that converts its input, so both formats alternate in one run."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-
-    def forward(self, x):
-        return self.model(x.contiguous(memory_format=torch.channels_last))
-
-
 class OrtModule(nn.Module):
     """An onnxruntime session behind an nn.Module call, for timing beside PyTorch."""
 
@@ -158,7 +147,7 @@ def main() -> None:
     # Ablation on patnet_t2, one thread: each variant against the default deploy form, in alternation.
     train_form = timm.create_model("patnet_t2").eval()
     variants = {"default deploy form": t2, "training form (no folding)": train_form,
-                "channels_last (input and weights)": ChannelsLast(t2)}
+                "NCHW (contiguous weights)": copy.deepcopy(t2).to(memory_format=torch.contiguous_format)}
     variants.update({label: WithContext(t2, make) for label, make in ABLATIONS.items()})
     c = compare(variants, baseline="default deploy form", threads=1, iters=iters, warmup=warmup)
     results["ablation"] = [dict(variant=k, ms=c.stats[k].median_ms,
