@@ -11,6 +11,8 @@ from pathlib import Path
 import timm
 import torch
 
+from ..fileio import write_text_atomic
+
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "bench.json", "bench.md", "bench.png"
 
 
@@ -168,7 +170,7 @@ def header_lines(results: dict) -> list[str]:
                                          "interrupted" if h["interrupted"] else "in progress"),
         f"1-minute load average: {h['load_average_start']} at the start"
         + (f", {h['load_average_end']} at the end" if h.get("load_average_end") is not None else "")
-        + f" (above {h['cores']}, other work competed with the timings)",
+        + f" (a load above {h['cores']} would mean other work competed with the timings)",
         f"Input {'x'.join(map(str, h['input_size']))}; params and MACs of the training form "
         "(MACs: FlopCounterMode / 2 at batch 1, math attention)",
         f"fp32 {size}x{size} matmul ceiling, measured in this run: {ceilings}",
@@ -207,12 +209,6 @@ def to_text(results: dict) -> str:
     return "\n".join([*header_lines(results), "", text_table(*summary_table(results), text_columns=3)])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(results: dict, out_dir: str | Path, plot_y: str | None = None) -> dict[str, Path]:
     """Write ``bench.json`` and ``bench.md`` (and ``bench.png`` when ``plot_y`` is given and a latency
     section has results) to ``out_dir``; returns the paths written."""
@@ -225,8 +221,8 @@ def write_outputs(results: dict, out_dir: str | Path, plot_y: str | None = None)
     if plot_y is not None and plot_results(results, plot_path, y=plot_y):
         paths["plot"] = plot_path
         results["header"]["plot"] = PLOT_NAME
-    _write_atomic(paths["json"], json.dumps(results, indent=1, default=str) + "\n")
-    _write_atomic(paths["markdown"], to_markdown(results, results["header"].get("plot")))
+    write_text_atomic(paths["json"], json.dumps(results, indent=1, default=str) + "\n")
+    write_text_atomic(paths["markdown"], to_markdown(results, results["header"].get("plot")))
     return paths
 
 

@@ -9,11 +9,7 @@ from pathlib import Path
 
 import torch
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+from ..fileio import write_text_atomic
 
 
 def write_history(run_dir: str | os.PathLike, history: list[dict]) -> None:
@@ -23,8 +19,8 @@ def write_history(run_dir: str | os.PathLike, history: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    _write_atomic(run_dir / "metrics.csv", buffer.getvalue())
-    _write_atomic(run_dir / "metrics.json", json.dumps(history, indent=1) + "\n")
+    write_text_atomic(run_dir / "metrics.csv", buffer.getvalue())
+    write_text_atomic(run_dir / "metrics.json", json.dumps(history, indent=1) + "\n")
 
 
 def _pyplot():
