@@ -15,13 +15,7 @@ TINY = dict(model="test_efficientnet", dataset="synthetic", img_size=32, batch_s
             warmup_epochs=0, smoothing=0.0, hflip=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: steadier timing on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
