@@ -111,14 +111,6 @@ def test_bad_input_is_a_one_line_error(capsys, argv, message):
     assert code == 2 and message in line and line.startswith(f"patnet {argv[0]}: error:")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_eval_and_predict_commands(tmp_path, capsys, one_thread):
     from PIL import Image
     assert main(["train", *TINY, "--model", "test_efficientnet", "-b", "16", "--epochs", "1",

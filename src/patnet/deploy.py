@@ -46,17 +46,15 @@ def deploy(model: nn.Module, channels_last: bool = True) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"deploy() takes an nn.Module, got {type(model).__name__}")
-    if getattr(model, _DEPLOYED, False):
-        folded = copy.deepcopy(model)
-        return folded.to(memory_format=torch.channels_last) if channels_last else folded
     folded = copy.deepcopy(model).eval()
-    if _has_fold_hooks(folded):
-        folded = reparameterize_model(folded, inplace=True)
-    else:
-        try:
-            folded = fx_fuse_conv_bn(folded, inplace=True)
-        except Exception:  # not symbolically traceable: fold what the module tree shows
-            _fold_sequential_conv_bn(folded)
+    if not getattr(model, _DEPLOYED, False):
+        if _has_fold_hooks(folded):
+            folded = reparameterize_model(folded, inplace=True)
+        else:
+            try:
+                folded = fx_fuse_conv_bn(folded, inplace=True)
+            except Exception:  # not symbolically traceable: fold what the module tree shows
+                _fold_sequential_conv_bn(folded)
     if channels_last:
         folded = folded.to(memory_format=torch.channels_last)
     for param in folded.parameters():

@@ -240,8 +240,6 @@ class PATNet(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.patch_size, self.patch_stride = patch_size, patch_stride
-        self.mixers = mixers
-        self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, patch_stride, **dd)
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
@@ -289,7 +287,6 @@ class PATNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
