@@ -178,3 +178,51 @@ def test_a_quick_report_states_the_full_studys_estimated_time(tiny_study):
     markdown = study.to_markdown({**results, "estimate_full_s": epochs * 754.0})
     assert "takes about 12 min 34 s, so `patnet study`" in markdown
     assert f"({epochs} epochs) would train for about" in markdown
+
+
+def test_a_holdout_split_evaluates_on_training_images_the_subset_does_not_use(tmp_path):
+    rng = np.random.default_rng(2)
+    source = tmp_path / "source"
+    source.mkdir()
+    images = np.arange(40)[:, None, None] * np.ones((1, 28, 28), dtype=np.int64)  # image i is filled with i
+    for split, (split_images, labels) in {"train": (images, np.arange(40) % 10),
+                                          "val": (rng.integers(0, 256, (5, 28, 28)), rng.integers(0, 10, 5))}.items():
+        image_file, label_file = study.FASHION_MNIST_FILES[split]
+        study.write_idx(source / image_file, split_images)
+        study.write_idx(source / label_file, labels)
+    dest = study.write_train_subset(tmp_path / "split", 20, source, holdout=15)
+    train, held_out = fashion_mnist("train", dest), fashion_mnist("val", dest)
+    train_ids, held_ids = set(train.images[:, 0, 0].tolist()), set(held_out.images[:, 0, 0].tolist())
+    assert len(train_ids) == 20 and len(held_ids) == 15 and not train_ids & held_ids
+    assert all(label == image_id % 10 for image_id, label in zip(held_out.images[:, 0, 0], held_out.labels))
+    with pytest.raises(ValueError, match="1 to 25 images, got 26"):
+        study.write_train_subset(tmp_path / "too-many", 26, source, holdout=15)
+
+
+def test_tuning_trains_the_grid_for_both_families_and_picks_the_best_mean(tmp_path, monkeypatch):
+    tuning = study.Tuning(TINY.recipe, lrs=(1e-3, 5e-3), no_aug=(True,), epochs=1, warmup_epochs=0.0,
+                          train_images=None)
+    results = study.run_tuning(tuning, tmp_path / "out", tmp_path / "report", "patnet study --tune (tiny)",
+                               log=quiet)
+    pairs = study.tuning_runs(tuning, tmp_path / "out")
+    assert len(pairs) == 4 and results["epochs_trained"] == 4
+    for setting, run in pairs:
+        assert (run.config.lr, run.config.no_aug, run.config.epochs) == (setting["lr"], True, 1)
+        row = next(r for r in results["rows"] if r["lr"] == setting["lr"])
+        final = json.loads((run.dir / "metrics.json").read_text())[-1]["top1"]
+        assert row["top1"][run.variant.key] == final
+    best = max(results["rows"], key=lambda row: row["mean"])
+    assert results["best"] == dict(lr=best["lr"], no_aug=True)
+    markdown = (tmp_path / "report" / "results.md").read_text()
+    assert f"**{study.setting_name(results['best'])}**" in markdown and "FasterNet-T0 (timm) (%)" in markdown
+
+    monkeypatch.setattr(study, "train", lambda *a, **k: pytest.fail("a finished tuning run was trained again"))
+    again = study.run_tuning(tuning, tmp_path / "out", tmp_path / "report", "again", log=quiet)
+    assert again["rows"] == results["rows"] and again["epochs_trained"] == 0
+
+
+def test_quick_and_tune_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--quick", "--tune"])
+    assert exit_info.value.code == 2
+    assert "--quick and --tune are different jobs" in capsys.readouterr().err

@@ -149,20 +149,24 @@ def subset_dir(output: Path, count: int) -> Path:
 
 
 def write_train_subset(dest: str | os.PathLike, count: int, source: str | os.PathLike | None = None,
-                       seed: int = 0) -> Path:
-    """A Fashion-MNIST folder at ``dest`` with ``count`` training images (a seeded random choice) and the
-    full test set; kept when it already exists."""
+                       seed: int = 0, holdout: int = 0) -> Path:
+    """A Fashion-MNIST folder at ``dest`` with ``count`` training images (a seeded random choice) and, as its
+    evaluation split, the full test set, or with ``holdout`` > 0 that many other training images (the test set
+    stays unseen); kept when it already exists."""
     dest = Path(dest)
     if dest.is_dir():
         return dest
     train_set, test_set = fashion_mnist("train", source), fashion_mnist("val", source)
-    if not 1 <= count <= len(train_set):
-        raise ValueError(f"a training subset must hold 1 to {len(train_set)} images, got {count}")
-    chosen = np.sort(np.random.default_rng(seed).permutation(len(train_set))[:count])
+    if not 1 <= count <= len(train_set) - holdout:
+        raise ValueError(f"a training subset must hold 1 to {len(train_set) - holdout} images, got {count}")
+    order = np.random.default_rng(seed).permutation(len(train_set))
+    chosen, held_out = np.sort(order[holdout:holdout + count]), np.sort(order[:holdout])
+    evaluation = ((train_set.images[held_out], train_set.labels[held_out]) if holdout
+                  else (test_set.images, test_set.labels))
     staging = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     staging.mkdir(parents=True, exist_ok=True)
-    for split, images, labels in (("train", train_set.images[chosen], train_set.labels[chosen]),
-                                  ("val", test_set.images, test_set.labels)):
+    for split, (images, labels) in (("train", (train_set.images[chosen], train_set.labels[chosen])),
+                                    ("val", evaluation)):
         image_file, label_file = FASHION_MNIST_FILES[split]
         write_idx(staging / image_file, images)
         write_idx(staging / label_file, labels)
@@ -407,6 +411,97 @@ def run_study(plan: Plan, output: str | os.PathLike, report_dir: str | os.PathLi
     return results
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """The one tuning of :data:`RECIPE`, for both headline families alike: a grid of learning rates and
+    augmentation on/off, each setting trained on a seeded choice of training images and scored on other held-out
+    training images (never the test set); the setting with the best mean over the families wins."""
+    base: dict
+    lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
+    no_aug: tuple[bool, ...] = (True, False)
+    epochs: int = 2
+    warmup_epochs: float = 0.2
+    train_images: int | None = 12000  # None: the base recipe's own data (tests use the synthetic set)
+    holdout_images: int = 10000
+    variants: tuple[Variant, ...] = tuple(v for v in VARIANTS if v.key in HEADLINE)
+
+    def settings(self) -> list[dict]:
+        return [dict(lr=lr, no_aug=no_aug) for lr in self.lrs for no_aug in self.no_aug]
+
+
+TUNING = Tuning(RECIPE)
+
+
+def setting_name(setting: dict) -> str:
+    return f"lr {setting['lr']:g}, {'no augmentation' if setting['no_aug'] else 'pad-crop-flip'}"
+
+
+def tuning_runs(tuning: Tuning, output: str | os.PathLike) -> list[tuple[dict, Run]]:
+    """(setting, run) pairs, each run in ``output/runs/<variant>/lr<lr>-<aug|noaug>``."""
+    output = Path(output)
+    data_dir = str(output / "data" / f"fashion-mnist-train{tuning.train_images}-holdout{tuning.holdout_images}"
+                   ) if tuning.train_images else tuning.base.get("data_dir")
+    pairs = []
+    for setting in tuning.settings():
+        folder = f"lr{setting['lr']:g}-{'noaug' if setting['no_aug'] else 'aug'}"
+        for variant in tuning.variants:
+            config = make_config(**{**tuning.base, **setting, "epochs": tuning.epochs,
+                                    "warmup_epochs": tuning.warmup_epochs, "model": variant.model,
+                                    "model_kwargs": dict(variant.model_kwargs), "seed": 0, "data_dir": data_dir,
+                                    "output": str(output / "runs" / variant.key / folder)})
+            pairs.append((setting, Run(variant, 0, config)))
+    return pairs
+
+
+def run_tuning(tuning: Tuning, output: str | os.PathLike, report_dir: str | os.PathLike, command: str,
+               log=print) -> dict:
+    """Train the tuning grid (skipping finished runs, resuming others), pick the best setting and write
+    ``results.md`` and ``results.json`` to ``report_dir``."""
+    start, started = time.perf_counter(), datetime.now(timezone.utc)
+    output, report_dir = _check_dir(Path(output), "--output"), _check_dir(Path(report_dir), "--report-dir")
+    pairs = tuning_runs(tuning, output)
+    if tuning.train_images:
+        write_train_subset(pairs[0][1].config.data_dir, tuning.train_images, holdout=tuning.holdout_images)
+    trained = train_all([run for _, run in pairs], log)
+    rows = []
+    for setting in tuning.settings():
+        top1 = {run.variant.key: saved_state(run)["history"][-1]["top1"] for s, run in pairs if s == setting}
+        rows.append(dict(setting, name=setting_name(setting), top1=top1, mean=statistics.fmean(top1.values())))
+    best = max(rows, key=lambda row: row["mean"])
+    results = dict(command=command, base=tuning.base, epochs=tuning.epochs, warmup_epochs=tuning.warmup_epochs,
+                   train_images=tuning.train_images, holdout_images=tuning.holdout_images,
+                   machine=machine_info(), started=started.isoformat(timespec="seconds"),
+                   wall_s=round(time.perf_counter() - start, 1), epochs_trained=trained, rows=rows,
+                   best=dict(lr=best["lr"], no_aug=best["no_aug"]))
+    (report_dir / JSON_NAME).write_text(json.dumps(results, indent=1) + "\n")
+    (report_dir / MARKDOWN_NAME).write_text(tuning_markdown(results, tuning.variants))
+    log(f"[tune] best: {best['name']}; report: {report_dir / MARKDOWN_NAME}", flush=True)
+    return results
+
+
+def tuning_markdown(results: dict, variants: tuple[Variant, ...]) -> str:
+    data = (f"{results['train_images']} training images (seeded choice), scored on {results['holdout_images']} "
+            "other training images held out; the test set is not used" if results["train_images"]
+            else "the base recipe's data")
+    fixed = {k: v for k, v in results["base"].items() if k not in ("lr", "no_aug", "epochs", "warmup_epochs")}
+    lines = ["# Tuning the study recipe: one grid for both families", "",
+             f"- Command: `{results['command']}`",
+             f"- Wall time: {_duration(results['wall_s'])} ({results['epochs_trained']} epochs trained by this "
+             "invocation)",
+             f"- Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores",
+             f"- Data: {data}",
+             f"- Each run: {results['epochs']} epochs, warm-up {results['warmup_epochs']} epochs, seed 0; "
+             "otherwise the study recipe: " + ", ".join(f"{k}={v}" for k, v in fixed.items()), ""]
+    headers = ["Setting", *(f"{v.label} (%)" for v in variants), "Mean (%)"]
+    table = [[("**" + row["name"] + "**") if (row["lr"], row["no_aug"]) == (results["best"]["lr"],
+                                                                          results["best"]["no_aug"]) else row["name"],
+              *(f"{row['top1'][v.key]:.2f}" for v in variants), f"{row['mean']:.2f}"] for row in results["rows"]]
+    best = setting_name(results["best"])
+    lines += [markdown_table(headers, table, text_columns=1), "",
+              f"Held-out top-1 after the last epoch. Chosen (best mean over the families): **{best}**.", ""]
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     full, quick = PLANS["full"], PLANS["quick"]
     parser.description = (f"Train fasternet_t0 and patnet_t0 ({full.headline_seeds} seeds each) and 3 ablations "
@@ -416,19 +511,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"small version (a few minutes): {quick.recipe['epochs']} epoch on {quick.train_subset} "
                              f"training images, {quick.headline_seeds} seeds for the headline models")
+    parser.add_argument("--tune", action="store_true",
+                        help=f"instead of the study, the grid that chose its recipe: lr {TUNING.lrs} x "
+                             f"augmentation on/off for both headline models, {TUNING.epochs} epochs on "
+                             f"{TUNING.train_images} training images, scored on {TUNING.holdout_images} held-out "
+                             "training images")
     parser.add_argument("--output", metavar="DIR",
-                        help="run directories (default: output/study, or output/study-quick with --quick)")
+                        help="run directories (default: output/study, output/study-quick with --quick, "
+                             "output/study-tune with --tune)")
     parser.add_argument("--report-dir", metavar="DIR",
-                        help="where results.md, results.json and the plot go (default: docs/study/full or "
-                             "docs/study/quick)")
+                        help="where results.md, results.json and the plot go (default: docs/study/full, "
+                             "docs/study/quick or docs/study/tuning)")
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = PLANS["quick" if args.quick else "full"]
-    output = args.output or ("output/study-quick" if args.quick else "output/study")
-    report_dir = args.report_dir or f"docs/study/{plan.name}"
-    parts = ["patnet", "study"] + ["--quick"] * args.quick
+    if args.quick and args.tune:
+        raise ValueError("--quick and --tune are different jobs; pass one of them")
+    name = "tune" if args.tune else "quick" if args.quick else "full"
+    output = args.output or {"full": "output/study", "quick": "output/study-quick", "tune": "output/study-tune"}[name]
+    report_dir = args.report_dir or f"docs/study/{'tuning' if args.tune else name}"
+    parts = ["patnet", "study"] + ["--quick"] * args.quick + ["--tune"] * args.tune
     parts += [item for flag, value in (("--output", args.output), ("--report-dir", args.report_dir)) if value
               for item in (flag, value)]
-    run_study(plan, output, report_dir, shlex.join(parts))
+    if args.tune:
+        run_tuning(TUNING, output, report_dir, shlex.join(parts))
+    else:
+        run_study(PLANS[name], output, report_dir, shlex.join(parts))
     return 0
