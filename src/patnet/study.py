@@ -30,6 +30,7 @@ from .deploy import deploy
 from .engine import TrainConfig, make_config, train
 from .engine import checkpoint as ckpt
 from .engine.inference import load_trained_model
+from .fileio import write_text_atomic
 from .flops import count_macs, count_params
 
 
@@ -112,11 +113,15 @@ def plan_runs(plan: Plan, output: str | os.PathLike) -> list[Run]:
         for variant in plan.variants:
             if seed >= (plan.headline_seeds if variant.key in HEADLINE else plan.ablation_seeds):
                 continue
-            config = make_config(**{**plan.recipe, "model": variant.model, "model_kwargs": dict(variant.model_kwargs),
-                                    "seed": seed, "output": str(output / "runs" / variant.key / f"seed{seed}"),
-                                    "data_dir": data_dir})
-            runs.append(Run(variant, seed, config))
+            runs.append(make_run(variant, seed, plan.recipe, data_dir, output / "runs" / variant.key / f"seed{seed}"))
     return runs
+
+
+def make_run(variant: Variant, seed: int, recipe: dict, data_dir: str | None, run_dir: Path) -> Run:
+    """``variant`` trained with ``recipe`` and ``seed`` on ``data_dir``, in ``run_dir``."""
+    config = make_config(**{**recipe, "model": variant.model, "model_kwargs": dict(variant.model_kwargs),
+                            "seed": seed, "data_dir": data_dir, "output": str(run_dir)})
+    return Run(variant, seed, config)
 
 
 def _plain(value):
@@ -144,8 +149,9 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
-def subset_dir(output: Path, count: int) -> Path:
-    return output / "data" / f"fashion-mnist-train{count}"
+def subset_dir(output: Path, count: int, holdout: int = 0) -> Path:
+    """Where :func:`write_train_subset` puts ``count`` training images (and ``holdout`` held-out ones)."""
+    return output / "data" / (f"fashion-mnist-train{count}" + (f"-holdout{holdout}" if holdout else ""))
 
 
 def write_train_subset(dest: str | os.PathLike, count: int, source: str | os.PathLike | None = None,
@@ -390,9 +396,7 @@ def run_study(plan: Plan, output: str | os.PathLike, report_dir: str | os.PathLi
     invocations = json.loads(invocations_file.read_text()) if invocations_file.is_file() else []
     invocations.append(dict(command=command, started=started.isoformat(timespec="seconds"),
                             wall_s=round(time.perf_counter() - start, 1), epochs_trained=trained))
-    temporary = invocations_file.with_name(f".{invocations_file.name}.tmp")
-    temporary.write_text(json.dumps(invocations, indent=1) + "\n")
-    os.replace(temporary, invocations_file)
+    write_text_atomic(invocations_file, json.dumps(invocations, indent=1) + "\n")
 
     results = dict(plan=plan.name, command=command, recipe=plan.recipe, train_subset=plan.train_subset,
                    test_images=test_images,
@@ -403,8 +407,8 @@ def run_study(plan: Plan, output: str | os.PathLike, report_dir: str | os.PathLi
                    finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), rows=rows,
                    estimate_full_s=(estimate_full_s(rows, plan, PLANS["full"])
                                     if plan.name == "quick" and plan.recipe["dataset"] == "fashion-mnist" else None))
-    (report_dir / JSON_NAME).write_text(json.dumps(results, indent=1) + "\n")
-    (report_dir / MARKDOWN_NAME).write_text(to_markdown(results))
+    write_text_atomic(report_dir / JSON_NAME, json.dumps(results, indent=1) + "\n")
+    write_text_atomic(report_dir / MARKDOWN_NAME, to_markdown(results))
     plot(results, report_dir / PLOT_NAME)
     log(f"[study] report: {report_dir / MARKDOWN_NAME}, {report_dir / PLOT_NAME}, {report_dir / JSON_NAME}",
         flush=True)
@@ -439,17 +443,14 @@ def setting_name(setting: dict) -> str:
 def tuning_runs(tuning: Tuning, output: str | os.PathLike) -> list[tuple[dict, Run]]:
     """(setting, run) pairs, each run in ``output/runs/<variant>/lr<lr>-<aug|noaug>``."""
     output = Path(output)
-    data_dir = str(output / "data" / f"fashion-mnist-train{tuning.train_images}-holdout{tuning.holdout_images}"
-                   ) if tuning.train_images else tuning.base.get("data_dir")
+    data_dir = (str(subset_dir(output, tuning.train_images, tuning.holdout_images)) if tuning.train_images
+                else tuning.base.get("data_dir"))
     pairs = []
     for setting in tuning.settings():
+        recipe = {**tuning.base, **setting, "epochs": tuning.epochs, "warmup_epochs": tuning.warmup_epochs}
         folder = f"lr{setting['lr']:g}-{'noaug' if setting['no_aug'] else 'aug'}"
-        for variant in tuning.variants:
-            config = make_config(**{**tuning.base, **setting, "epochs": tuning.epochs,
-                                    "warmup_epochs": tuning.warmup_epochs, "model": variant.model,
-                                    "model_kwargs": dict(variant.model_kwargs), "seed": 0, "data_dir": data_dir,
-                                    "output": str(output / "runs" / variant.key / folder)})
-            pairs.append((setting, Run(variant, 0, config)))
+        pairs += [(setting, make_run(variant, 0, recipe, data_dir, output / "runs" / variant.key / folder))
+                  for variant in tuning.variants]
     return pairs
 
 
@@ -461,7 +462,8 @@ def run_tuning(tuning: Tuning, output: str | os.PathLike, report_dir: str | os.P
     output, report_dir = _check_dir(Path(output), "--output"), _check_dir(Path(report_dir), "--report-dir")
     pairs = tuning_runs(tuning, output)
     if tuning.train_images:
-        write_train_subset(pairs[0][1].config.data_dir, tuning.train_images, holdout=tuning.holdout_images)
+        write_train_subset(subset_dir(output, tuning.train_images, tuning.holdout_images), tuning.train_images,
+                           holdout=tuning.holdout_images)
     trained = train_all([run for _, run in pairs], log)
     rows = []
     for setting in tuning.settings():
@@ -473,8 +475,8 @@ def run_tuning(tuning: Tuning, output: str | os.PathLike, report_dir: str | os.P
                    machine=machine_info(), started=started.isoformat(timespec="seconds"),
                    wall_s=round(time.perf_counter() - start, 1), epochs_trained=trained, rows=rows,
                    best=dict(lr=best["lr"], no_aug=best["no_aug"]))
-    (report_dir / JSON_NAME).write_text(json.dumps(results, indent=1) + "\n")
-    (report_dir / MARKDOWN_NAME).write_text(tuning_markdown(results, tuning.variants))
+    write_text_atomic(report_dir / JSON_NAME, json.dumps(results, indent=1) + "\n")
+    write_text_atomic(report_dir / MARKDOWN_NAME, tuning_markdown(results, tuning.variants))
     log(f"[tune] best: {best['name']}; report: {report_dir / MARKDOWN_NAME}", flush=True)
     return results
 
@@ -493,10 +495,9 @@ def tuning_markdown(results: dict, variants: tuple[Variant, ...]) -> str:
              f"- Each run: {results['epochs']} epochs, warm-up {results['warmup_epochs']} epochs, seed 0; "
              "otherwise the study recipe: " + ", ".join(f"{k}={v}" for k, v in fixed.items()), ""]
     headers = ["Setting", *(f"{v.label} (%)" for v in variants), "Mean (%)"]
-    table = [[("**" + row["name"] + "**") if (row["lr"], row["no_aug"]) == (results["best"]["lr"],
-                                                                          results["best"]["no_aug"]) else row["name"],
-              *(f"{row['top1'][v.key]:.2f}" for v in variants), f"{row['mean']:.2f}"] for row in results["rows"]]
     best = setting_name(results["best"])
+    table = [[f"**{best}**" if row["name"] == best else row["name"], *(f"{row['top1'][v.key]:.2f}" for v in variants),
+              f"{row['mean']:.2f}"] for row in results["rows"]]
     lines += [markdown_table(headers, table, text_columns=1), "",
               f"Held-out top-1 after the last epoch. Chosen (best mean over the families): **{best}**.", ""]
     return "\n".join(lines)
