@@ -18,7 +18,7 @@ from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
 from patnet.data import build_dataset, dataset_info
-from patnet.engine import create_model
+from patnet.models import create_model
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     info = dataset_info(args.dataset)
     runs = {}
     for name in args.models:
-        model = create_model(name, len(train_set.classes), info.in_chans, {}).train()
+        model = create_model(name, num_classes=len(train_set.classes), in_chans=info.in_chans).train()
         runs[name] = (model, create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05))
 
     def step_all(name: str) -> float:

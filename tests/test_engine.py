@@ -7,7 +7,9 @@ from PIL import Image
 
 from patnet.engine import NonFiniteLossError, make_config, resume_config, train
 from patnet.engine import checkpoint as ckpt
-from patnet.engine import trainer
+from patnet.data import build_dataset
+from patnet.engine import builders
+from patnet.models import create_model
 from patnet.engine.inference import evaluate_checkpoint, load_trained_model, predict_files
 
 # A ~100k-parameter timm model with batch norm: an epoch of the synthetic set takes well under a second.
@@ -59,7 +61,7 @@ def test_evaluating_the_last_checkpoint_reproduces_the_training_metrics(trained_
 def test_predict_names_the_top_classes(trained_run, tmp_path):
     output, _ = trained_run
     model, meta = load_trained_model(output / "best")
-    dataset = trainer.build_dataset("synthetic", "val", None, 32)
+    dataset = build_dataset("synthetic", "val", None, 32)
     image, label = dataset.images[0], dataset.labels[0]
     Image.fromarray(image).save(tmp_path / "sample.png")
     (ranking,) = predict_files(model, meta, [tmp_path / "sample.png"], topk=5)
@@ -88,14 +90,14 @@ def test_resume_refuses_a_different_class_count(trained_run, tmp_path):
 
 def test_loading_weights_of_another_architecture_is_one_clear_error(trained_run):
     output, _ = trained_run
-    other = trainer.create_model("resnet10t", 4, 1, {})
+    other = create_model("resnet10t", num_classes=4, in_chans=1)
     weights = output / "last" / ckpt.WEIGHTS
     with pytest.raises(ValueError, match="do not fit ResNet: .* another architecture"):
         ckpt.load_into(other, ckpt.load_weights(weights), weights)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_criterion = trainer.build_criterion
+    real_criterion = builders.build_criterion
     calls = {"n": 0}
 
     def poisoned_after_first_epoch(config, mixing):
@@ -107,7 +109,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
             return value * float("nan") if calls["n"] > 8 else value  # 8 steps per epoch
         return forward
 
-    monkeypatch.setattr(trainer, "build_criterion", poisoned_after_first_epoch)
+    monkeypatch.setattr(builders, "build_criterion", poisoned_after_first_epoch)
     with pytest.raises(NonFiniteLossError, match=r"became nan at epoch 2, step 1.*last good checkpoint.*epoch 1"):
         train(make_config(epochs=3, output=str(tmp_path), **TINY))
     assert (tmp_path / "last").resolve().name == "epoch-0001"
@@ -120,7 +122,7 @@ def test_a_crash_while_saving_leaves_last_pointing_at_a_complete_checkpoint(tmp_
     meta = dict(model="linear", epoch=1)
     first = ckpt.save_checkpoint(tmp_path, 1, model, meta, {"epoch": 1})
     ckpt.point(tmp_path / "last", first)
-    real_write = ckpt._write_bytes
+    real_write = ckpt.write_bytes_durable
 
     def killed_halfway(path, data):
         if path.name == ckpt.STATE:
@@ -128,7 +130,7 @@ def test_a_crash_while_saving_leaves_last_pointing_at_a_complete_checkpoint(tmp_
             raise KeyboardInterrupt("killed while writing")
         real_write(path, data)
 
-    monkeypatch.setattr(ckpt, "_write_bytes", killed_halfway)
+    monkeypatch.setattr(ckpt, "write_bytes_durable", killed_halfway)
     with torch.no_grad():
         model.weight.add_(1.0)
     with pytest.raises(KeyboardInterrupt):

@@ -10,7 +10,8 @@ import torch
 
 from patnet import study
 from patnet.cli import main
-from patnet.data import fashion_mnist
+from patnet.data import fashion_mnist, write_idx, write_train_subset
+from patnet.data.datasets import FASHION_MNIST_FILES
 from patnet.engine import trainer
 from patnet.flops import count_params
 
@@ -84,7 +85,7 @@ def test_a_second_invocation_trains_nothing_and_logs_both(tiny_study, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(study, "train", no_training)
+    monkeypatch.setattr(study.runner, "train", no_training)
     again = study.run_study(TINY, root / "out", root / "report", "again", log=quiet)
     assert [row["top1"] for row in again["rows"]] == [row["top1"] for row in results["rows"]]
     assert [i["epochs_trained"] for i in again["invocations"]] == [2 * 7, 0]
@@ -100,14 +101,14 @@ def test_a_run_with_another_recipe_is_refused(tiny_study):
 
 def test_an_interrupted_run_is_resumed_from_its_last_epoch(tmp_path, monkeypatch):
     plan = replace(TINY, variants=study.VARIANTS[:1], headline_seeds=1)
-    original = trainer._Run._train_one_epoch
+    original = trainer.Run.train_one_epoch
 
     def interrupted(self, epoch):
         if epoch == 1:
             raise KeyboardInterrupt
         return original(self, epoch)
 
-    monkeypatch.setattr(trainer._Run, "_train_one_epoch", interrupted)
+    monkeypatch.setattr(trainer.Run, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         study.run_study(plan, tmp_path / "out", tmp_path / "report", "first", log=quiet)
     monkeypatch.undo()
@@ -115,8 +116,8 @@ def test_an_interrupted_run_is_resumed_from_its_last_epoch(tmp_path, monkeypatch
     assert study.saved_state(run)["epoch"] == 1
 
     calls = []
-    real_train = study.train
-    monkeypatch.setattr(study, "train", lambda config, resume=None: calls.append(resume) or real_train(config, resume))
+    real_train = study.runner.train
+    monkeypatch.setattr(study.runner, "train", lambda config, resume=None: calls.append(resume) or real_train(config, resume))
     results = study.run_study(plan, tmp_path / "out", tmp_path / "report", "second", log=quiet)
     assert calls == [run.dir]
     assert [row["epoch"] for row in study.saved_state(run)["history"]] == [1, 2]
@@ -130,10 +131,10 @@ def test_a_training_subset_keeps_chosen_images_with_their_labels_and_the_whole_t
     arrays = {"train": (rng.integers(0, 256, (50, 28, 28)), rng.integers(0, 10, 50)),
               "val": (rng.integers(0, 256, (20, 28, 28)), rng.integers(0, 10, 20))}
     for split, (images, labels) in arrays.items():
-        image_file, label_file = study.FASHION_MNIST_FILES[split]
-        study.write_idx(source / image_file, images)
-        study.write_idx(source / label_file, labels)
-    dest = study.write_train_subset(tmp_path / "subset", 10, source)
+        image_file, label_file = FASHION_MNIST_FILES[split]
+        write_idx(source / image_file, images)
+        write_idx(source / label_file, labels)
+    dest = write_train_subset(tmp_path / "subset", 10, source)
     train, test = fashion_mnist("train", dest), fashion_mnist("val", dest)
     assert len(train) == 10 and len(np.unique(train.images.reshape(10, -1), axis=0)) == 10
     for image, label in zip(train.images, train.labels):
@@ -141,7 +142,7 @@ def test_a_training_subset_keeps_chosen_images_with_their_labels_and_the_whole_t
         assert label == arrays["train"][1][index]
     assert np.array_equal(test.images, arrays["val"][0]) and np.array_equal(test.labels, arrays["val"][1])
     with pytest.raises(ValueError, match="1 to 50 images, got 51"):
-        study.write_train_subset(tmp_path / "too-many", 51, source)
+        write_train_subset(tmp_path / "too-many", 51, source)
 
 
 def test_the_full_study_estimate_scales_each_variants_epoch_to_the_whole_training_set():
@@ -187,16 +188,16 @@ def test_a_holdout_split_evaluates_on_training_images_the_subset_does_not_use(tm
     images = np.arange(40)[:, None, None] * np.ones((1, 28, 28), dtype=np.int64)  # image i is filled with i
     for split, (split_images, labels) in {"train": (images, np.arange(40) % 10),
                                           "val": (rng.integers(0, 256, (5, 28, 28)), rng.integers(0, 10, 5))}.items():
-        image_file, label_file = study.FASHION_MNIST_FILES[split]
-        study.write_idx(source / image_file, split_images)
-        study.write_idx(source / label_file, labels)
-    dest = study.write_train_subset(tmp_path / "split", 20, source, holdout=15)
+        image_file, label_file = FASHION_MNIST_FILES[split]
+        write_idx(source / image_file, split_images)
+        write_idx(source / label_file, labels)
+    dest = write_train_subset(tmp_path / "split", 20, source, holdout=15)
     train, held_out = fashion_mnist("train", dest), fashion_mnist("val", dest)
     train_ids, held_ids = set(train.images[:, 0, 0].tolist()), set(held_out.images[:, 0, 0].tolist())
     assert len(train_ids) == 20 and len(held_ids) == 15 and not train_ids & held_ids
     assert all(label == image_id % 10 for image_id, label in zip(held_out.images[:, 0, 0], held_out.labels))
     with pytest.raises(ValueError, match="1 to 25 images, got 26"):
-        study.write_train_subset(tmp_path / "too-many", 26, source, holdout=15)
+        write_train_subset(tmp_path / "too-many", 26, source, holdout=15)
 
 
 def test_tuning_trains_the_grid_for_both_families_and_picks_the_best_mean(tmp_path, monkeypatch):
@@ -216,7 +217,7 @@ def test_tuning_trains_the_grid_for_both_families_and_picks_the_best_mean(tmp_pa
     markdown = (tmp_path / "report" / "results.md").read_text()
     assert f"**{study.setting_name(results['best'])}**" in markdown and "FasterNet-T0 (timm) (%)" in markdown
 
-    monkeypatch.setattr(study, "train", lambda *a, **k: pytest.fail("a finished tuning run was trained again"))
+    monkeypatch.setattr(study.runner, "train", lambda *a, **k: pytest.fail("a finished tuning run was trained again"))
     again = study.run_tuning(tuning, tmp_path / "out", tmp_path / "report", "again", log=quiet)
     assert again["rows"] == results["rows"] and again["epochs_trained"] == 0
 

@@ -12,9 +12,10 @@ import copy
 import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from timm.utils import reparameterize_model
 
-from .layers.fused import fold_conv_bn
+from .errors import InvalidTypeError
 
 _DEPLOYED = "_patnet_deployed"
 
@@ -32,7 +33,7 @@ def _fold_sequential_conv_bn(model: nn.Module) -> None:
         for first, second in zip(names, names[1:]):
             conv, bn = module._modules[first], module._modules[second]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                module._modules[first] = fold_conv_bn(conv, bn)
+                module._modules[first] = fuse_conv_bn_eval(conv, bn)
                 module._modules[second] = nn.Identity()
 
 
@@ -45,7 +46,7 @@ def deploy(model: nn.Module, channels_last: bool = True) -> nn.Module:
     on, whatever the input's layout; outputs are the same numbers.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"deploy() takes an nn.Module, got {type(model).__name__}")
+        raise InvalidTypeError(f"deploy() takes an nn.Module, got {type(model).__name__}")
     folded = copy.deepcopy(model).eval()
     if not getattr(model, _DEPLOYED, False):
         if _has_fold_hooks(folded):

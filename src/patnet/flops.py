@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from .errors import InvalidValueError
 
 
 def count_params(model: nn.Module) -> int:
@@ -21,7 +22,7 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224), batch_size: int = 1) -> int:
     """Multiply-adds of one forward pass of ``model`` on a ``(batch_size, *input_size)`` input."""
     if len(input_size) != 3:
-        raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
+        raise InvalidValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -40,5 +41,5 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224), ba
 def achieved_gflops(macs: int, seconds: float, batch_size: int = 1) -> float:
     """Achieved GFLOP/s of a forward pass of ``macs`` multiply-adds per image taking ``seconds`` per batch."""
     if seconds <= 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
+        raise InvalidValueError(f"seconds must be positive, got {seconds}")
     return 2 * macs * batch_size / seconds / 1e9

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..plotting import pyplot, save_figure
+
 
 def family_and_label(name: str) -> tuple[str, str]:
     """``'patnet_t2'`` -> ``('patnet', 'T2')``; names without a variant suffix are their own family."""
@@ -23,11 +25,7 @@ def plot_section(results: dict) -> tuple[dict, str] | None:
 
 def plot_results(results: dict, path: str | Path, y: str = "macs") -> bool:
     """Draw the latency plot to ``path`` (PNG); ``False`` when no latency has been measured yet."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     chosen = plot_section(results)
     if chosen is None:
         return False
@@ -57,7 +55,5 @@ def plot_results(results: dict, path: str | Path, y: str = "macs") -> bool:
     ax.set_title(f"{results['header']['cpu']}, torch {results['header']['torch']}{status}", fontsize=9)
     ax.grid(True, linestyle=":", linewidth=0.8)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=150)
     return True

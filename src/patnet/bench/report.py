@@ -12,6 +12,7 @@ import timm
 import torch
 
 from ..fileio import write_text_atomic
+from ..errors import InvalidValueError, MissingFileError
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "bench.json", "bench.md", "bench.png"
 
@@ -53,27 +54,35 @@ def load_average() -> float | None:
         return None
 
 
+def warn_if_busy() -> None:
+    """Say so when other work is running: it distorts timings, multi-threaded ones most."""
+    load, cores = load_average(), os.cpu_count() or 1
+    if load is not None and load > 0.5:
+        print(f"patnet bench: warning: load average {load} on {cores} cores; other work is running and will "
+              "distort the timings (multi-threaded ones most)", file=sys.stderr)
+
+
 def load_accuracies(path: str | Path) -> dict[str, float]:
     """Top-1 accuracies by model name from a JSON object ``{name: top1}`` or a CSV with columns
     ``model`` and ``top1`` (timm's results files)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"accuracy file {path} does not exist")
+        raise MissingFileError(f"accuracy file {path} does not exist")
     if path.suffix == ".json":
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
-            raise ValueError(f"{path}: expected a JSON object mapping model names to top-1 accuracies")
+            raise InvalidValueError(f"{path}: expected a JSON object mapping model names to top-1 accuracies")
         return {str(k): float(v) for k, v in data.items()}
     if path.suffix == ".csv":
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
         if not rows or "model" not in rows[0] or "top1" not in rows[0]:
-            raise ValueError(f"{path}: expected a CSV with columns 'model' and 'top1'")
+            raise InvalidValueError(f"{path}: expected a CSV with columns 'model' and 'top1'")
         try:
             return {row["model"]: float(row["top1"]) for row in rows}
         except ValueError as exc:
-            raise ValueError(f"{path}: a 'top1' value is not a number ({exc})") from None
-    raise ValueError(f"{path}: accuracy files must be .json or .csv")
+            raise InvalidValueError(f"{path}: a 'top1' value is not a number ({exc})") from None
+    raise InvalidValueError(f"{path}: accuracy files must be .json or .csv")
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -6,33 +6,37 @@ all the others; ratios are against each model's baseline in the same form.
 """
 from __future__ import annotations
 
-import difflib
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import timm
 import torch
 from torch import nn
 
+from ..device import resolve_device
+from ..errors import InvalidValueError
 from ..flops import achieved_gflops, count_macs, count_params
+from ..models import baseline_partner, check_model_name, create_model, patnet_variants, size_key
 from .report import load_accuracies, load_average, machine_info, write_outputs
-from .timing import Comparison, check_batch_fits, check_device, check_threads, compare, matmul_gflops
+from .timing import Comparison, check_batch_fits, check_threads, compare, matmul_gflops
 
-DEFAULT_MODELS = (
-    "patnet_t0", "patnet_t1", "patnet_t2", "patnet_s",
-    "fasternet_t0", "fasternet_t1", "fasternet_t2", "fasternet_s",
-)
+LARGEST_DEFAULT = "patnet_s"  # M and L take seconds per call on a 2-core CPU
 FORMS = ("train", "deploy")
+
+
+def default_models() -> tuple[str, ...]:
+    """PATNet's variants up to ``LARGEST_DEFAULT``, then their FasterNet partners."""
+    patnets = [name for name in patnet_variants() if size_key(name) <= size_key(LARGEST_DEFAULT)]
+    return (*patnets, *(partner for partner in map(baseline_partner, patnets) if partner))
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure and how; the defaults follow the papers' protocol (``measurement.md``)."""
 
-    models: tuple[str, ...] = DEFAULT_MODELS
+    models: tuple[str, ...] = field(default_factory=default_models)
     baseline: str | None = None
     forms: tuple[str, ...] = FORMS
     img_size: int = 224
@@ -92,7 +96,7 @@ def _plural(n: int, word: str) -> str:
 def plan_sections(config: BenchConfig) -> list[Section]:
     """The sections ``config`` asks for, validated; GPU ones only where CUDA is (or must be) present."""
     if isinstance(config.img_size, bool) or not isinstance(config.img_size, int) or config.img_size < 1:
-        raise ValueError(f"image size must be a positive integer, got {config.img_size!r}")
+        raise InvalidValueError(f"image size must be a positive integer, got {config.img_size!r}")
     threads = tuple(dict.fromkeys(config.latency_threads or (1, _cores())))
     sections = [
         Section(f"cpu_latency_{t}t", f"CPU latency, batch {config.latency_batch}, {_plural(t, 'thread')}",
@@ -107,7 +111,7 @@ def plan_sections(config: BenchConfig) -> list[Section]:
                             config.throughput_warmup, config.throughput_iters, 1))
     use_gpu = torch.cuda.is_available() if config.gpu is None else config.gpu
     if use_gpu:
-        check_device("cuda")
+        resolve_device("cuda")
         common = dict(kind="throughput", device="cuda", threads=None, batch_size=config.gpu_batch,
                       warmup=config.gpu_warmup, iters=config.gpu_iters, per_round=config.gpu_per_round)
         sections.append(Section("gpu_fp32", f"GPU throughput, batch {config.gpu_batch}, fp32 NCHW", **common))
@@ -116,24 +120,15 @@ def plan_sections(config: BenchConfig) -> list[Section]:
                                 channels_last=True, **common))
     for section in sections:
         if section.batch_size < 1:
-            raise ValueError(f"{section.title}: batch size must be at least 1, got {section.batch_size}")
+            raise InvalidValueError(f"{section.title}: batch size must be at least 1, got {section.batch_size}")
         if section.iters < 1 or section.warmup < 0 or section.per_round < 1:
-            raise ValueError(f"{section.title}: iterations must be >= 1, warm-up >= 0 and calls per round "
-                             f">= 1 (got {section.iters}, {section.warmup}, {section.per_round})")
+            raise InvalidValueError(f"{section.title}: iterations must be >= 1, warm-up >= 0 and calls per round "
+                                    f">= 1 (got {section.iters}, {section.warmup}, {section.per_round})")
         if section.iters % section.per_round:
-            raise ValueError(f"{section.title}: iterations ({section.iters}) must be a multiple of the "
-                             f"calls per round ({section.per_round})")
+            raise InvalidValueError(f"{section.title}: iterations ({section.iters}) must be a multiple of the "
+                                    f"calls per round ({section.per_round})")
         check_batch_fits(section.batch_size, (3, config.img_size, config.img_size), torch.device(section.device))
     return sections
-
-
-def check_model_names(names: Sequence[str]) -> None:
-    """Fail with suggestions when a name is not a registered timm model."""
-    for name in names:
-        if not timm.is_model(name):
-            close = difflib.get_close_matches(name, timm.list_models(), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-            raise ValueError(f"unknown model {name!r}{hint}")
 
 
 def default_baselines(names: Sequence[str], fallback: str | None = None) -> dict[str, str]:
@@ -141,7 +136,7 @@ def default_baselines(names: Sequence[str], fallback: str | None = None) -> dict
     ``fallback`` (when given)."""
     baselines = {}
     for name in names:
-        partner = "fasternet_" + name[len("patnet_"):] if name.startswith("patnet_") else None
+        partner = baseline_partner(name)
         base = partner if partner in names else fallback
         if base is not None and base != name:
             baselines[name] = base
@@ -155,8 +150,8 @@ def load_deploy() -> Callable[[nn.Module], nn.Module]:
     except ImportError as exc:
         if exc.name not in ("patnet.deploy", None):
             raise
-        raise ValueError("the deploy form needs patnet.deploy.deploy, which this install lacks; "
-                         "measure the training form only (--forms train)") from exc
+        raise InvalidValueError("the deploy form needs patnet.deploy.deploy, which this install lacks; "
+                                "measure the training form only (--forms train)") from exc
     return deploy
 
 
@@ -197,15 +192,16 @@ def _model_names(config: BenchConfig, models: Mapping[str, nn.Module] | None) ->
     names = list(dict.fromkeys(models if models is not None else config.models))
     if config.baseline is not None and config.baseline not in names:
         if models is not None:
-            raise ValueError(f"baseline {config.baseline!r} is not among the given models ({', '.join(models)})")
+            raise InvalidValueError(f"baseline {config.baseline!r} is not among the given models ({', '.join(models)})")
         names.append(config.baseline)
     if not names:
-        raise ValueError("no models to benchmark")
+        raise InvalidValueError("no models to benchmark")
     if models is None:
-        check_model_names(names)
+        for name in names:
+            check_model_name(name)
     unknown = [form for form in config.forms if form not in FORMS]
     if unknown or not config.forms:
-        raise ValueError(f"forms must be among {', '.join(FORMS)}, got {', '.join(config.forms) or 'none'}")
+        raise InvalidValueError(f"forms must be among {', '.join(FORMS)}, got {', '.join(config.forms) or 'none'}")
     return names
 
 
@@ -234,12 +230,12 @@ def run_benchmark(
     deploy = load_deploy() if "deploy" in config.forms else None
     accuracies = load_accuracies(accuracy_file) if accuracy_file else {}
     if accuracies and not set(accuracies) & set(names):
-        raise ValueError(f"{accuracy_file} gives no accuracy for any of the models ({', '.join(names)})")
+        raise InvalidValueError(f"{accuracy_file} gives no accuracy for any of the models ({', '.join(names)})")
     plot_y = plot_y or ("accuracy" if accuracies else "macs")
     if plot_y not in ("macs", "accuracy"):
-        raise ValueError(f"plot_y must be 'macs' or 'accuracy', got {plot_y!r}")
+        raise InvalidValueError(f"plot_y must be 'macs' or 'accuracy', got {plot_y!r}")
     if plot_y == "accuracy" and not accuracies:
-        raise ValueError("an accuracy plot needs a results file with accuracies (--accuracy FILE)")
+        raise InvalidValueError("an accuracy plot needs a results file with accuracies (--accuracy FILE)")
     baselines = default_baselines(names, config.baseline)
     input_size = (3, config.img_size, config.img_size)
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -266,8 +262,7 @@ def run_benchmark(
     build_start = time.perf_counter()
     try:
         for name in tqdm(names, desc="building models", disable=not progress, leave=False):
-            model = models[name] if models is not None else timm.create_model(
-                name, pretrained=False, **config.model_kwargs)
+            model = models[name] if models is not None else create_model(name, **config.model_kwargs)
             model.eval()
             macs[name] = count_macs(model, input_size)
             results["models"][name] = {"params": count_params(model), "macs": macs[name],
@@ -317,6 +312,7 @@ def run_benchmark(
     return results
 
 
-def with_overrides(config: BenchConfig, **overrides) -> BenchConfig:
-    """``config`` with the non-``None`` ``overrides`` applied."""
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+def make_bench_config(quick: bool = False, **overrides) -> BenchConfig:
+    """The defaults (or :meth:`BenchConfig.quick`'s settings) with the non-``None`` ``overrides`` applied."""
+    base = BenchConfig.quick() if quick else BenchConfig()
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})

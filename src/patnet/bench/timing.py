@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import resolve_device
+from ..errors import InvalidValueError
+
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -38,7 +41,7 @@ class TimingStats:
     def from_seconds(cls, seconds: np.ndarray) -> TimingStats:
         ms = np.asarray(seconds, dtype=np.float64).ravel() * 1e3
         if ms.size == 0:
-            raise ValueError("no timings to summarise")
+            raise InvalidValueError("no timings to summarise")
         p10, p25, p50, p75, p90 = np.percentile(ms, [10, 25, 50, 75, 90])
         return cls(int(ms.size), float(p50), float(ms.mean()), float(p10), float(p25), float(p75), float(p90))
 
@@ -113,24 +116,13 @@ def check_threads(threads: int) -> int:
     """Validate a thread count against this machine's cores."""
     cores = os.cpu_count() or 1
     if not isinstance(threads, int) or not 1 <= threads <= cores:
-        raise ValueError(f"thread count must be between 1 and {cores} (this machine's cores), got {threads}")
+        raise InvalidValueError(f"thread count must be between 1 and {cores} (this machine's cores), got {threads}")
     return threads
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """Resolve ``device``, failing clearly when it asks for CUDA on a machine without it."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("a CUDA device was requested but torch.cuda.is_available() is False; "
-                         "run on a machine with a CUDA GPU or leave out the GPU options")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
-    return device
 
 
 def _positive(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise InvalidValueError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
@@ -155,11 +147,11 @@ def time_alternating(
     _positive("iters", iters)
     _positive("per_round", per_round)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+        raise InvalidValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     if iters % per_round:
-        raise ValueError(f"iters ({iters}) must be a multiple of the calls per round ({per_round})")
+        raise InvalidValueError(f"iters ({iters}) must be a multiple of the calls per round ({per_round})")
     if not runs:
-        raise ValueError("nothing to time: no models given")
+        raise InvalidValueError("nothing to time: no models given")
     sync = synchronize or (lambda: None)
     names = list(runs)
     rounds = iters // per_round
@@ -200,8 +192,8 @@ def _resolve_baselines(names: list[str], baseline: str | Mapping[str, str] | Non
     for name, base in pairs.items():
         if name not in names or base not in names:
             missing = name if name not in names else base
-            raise ValueError(f"baseline pairing {name!r} -> {base!r} names {missing!r}, which is not among "
-                             f"the models being compared ({', '.join(names)})")
+            raise InvalidValueError(f"baseline pairing {name!r} -> {base!r} names {missing!r}, which is not among "
+                                    f"the models being compared ({', '.join(names)})")
     return {name: base for name, base in pairs.items() if name != base}
 
 
@@ -252,9 +244,9 @@ def check_batch_fits(batch_size: int, input_size: tuple[int, int, int], device: 
     needed = 4 * batch_size * int(np.prod(input_size))
     available = _device_memory(device)
     if needed > available:
-        raise ValueError(f"a batch of {batch_size} inputs of {'x'.join(map(str, input_size))} needs "
-                         f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of {device.type} "
-                         "memory; use a smaller batch size")
+        raise InvalidValueError(f"a batch of {batch_size} inputs of {'x'.join(map(str, input_size))} needs "
+                                f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of {device.type} "
+                                "memory; use a smaller batch size")
 
 
 def compare(
@@ -283,7 +275,7 @@ def compare(
     copied when they must move device or memory format. ``on_round`` receives the partial result
     after every round, so callers can save what was measured before an interruption.
     """
-    device = check_device(device)
+    device = resolve_device(device)
     names = list(models)
     baselines = _resolve_baselines(names, baseline)
     _positive("batch_size", batch_size)
@@ -292,9 +284,9 @@ def compare(
     if threads is not None:
         check_threads(threads)
     if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
-        raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {amp_dtype!r}")
+        raise InvalidValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {amp_dtype!r}")
     if len(input_size) != 3:
-        raise ValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
+        raise InvalidValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
     check_batch_fits(batch_size, input_size, device)
     if time_each_call is None:
         time_each_call = device.type == "cpu"
@@ -327,8 +319,8 @@ def compare(
             return result(times, rounds_planned)
     except RuntimeError as exc:
         if _out_of_memory(exc):
-            raise ValueError(f"batch size {batch_size} does not fit in {device.type} memory for these models; "
-                             f"use a smaller batch size") from exc
+            raise InvalidValueError(f"batch size {batch_size} does not fit in {device.type} memory for these models; "
+                                    f"use a smaller batch size") from exc
         raise
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
@@ -345,7 +337,7 @@ def matmul_gflops(threads: int | None = 1, size: int = 2048, iters: int = 5,
 
     Median over ``iters`` timed products after one warm-up, with ``threads`` intra-op threads.
     """
-    device = check_device(device)
+    device = resolve_device(device)
     _positive("size", size)
     _positive("iters", iters)
     if threads is not None:

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..errors import InvalidValueError
 from .datasets import (FASHION_MNIST_CLASSES, ArrayImageDataset, ImageFolderDataset, fashion_mnist,
-                       image_folder_split, read_idx, synthetic)
+                       image_folder_split, read_idx, synthetic, write_idx)
+from .subsets import write_train_subset
 from .transforms import photo_transform, small_image_transform
 
 
@@ -34,7 +36,7 @@ DATASETS = {
 
 def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise InvalidValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
@@ -54,7 +56,7 @@ def build_dataset(name: str, split: str, data_dir: str | None, img_size: int, **
         dataset = synthetic(split)
     else:
         if data_dir is None:
-            raise ValueError("--dataset folder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")
+            raise InvalidValueError("--dataset folder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")
         dataset = image_folder_split(data_dir, split, mode="RGB" if info.in_chans == 3 else "L")
     dataset.transform = build_transform(name, img_size, split == "train", **aug)
     return dataset
@@ -62,4 +64,4 @@ def build_dataset(name: str, split: str, data_dir: str | None, img_size: int, **
 
 __all__ = ["DATASETS", "DatasetInfo", "FASHION_MNIST_CLASSES", "ArrayImageDataset", "ImageFolderDataset",
            "build_dataset", "build_transform", "dataset_info", "fashion_mnist", "image_folder_split",
-           "read_idx", "synthetic"]
+           "read_idx", "synthetic", "write_idx", "write_train_subset"]

@@ -16,6 +16,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
+from ..errors import InvalidValueError, MissingFileError
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -33,14 +35,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != _IDX_UBYTE:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file; re-install the dataset")
+        raise InvalidValueError(f"{path} is not an unsigned-byte IDX file; re-install the dataset")
     ndim = data[3]
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {body.size}; "
-                         "re-install the dataset")
+        raise InvalidValueError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {body.size}; "
+                                "re-install the dataset")
     return body.reshape(shape)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file (the format :func:`patnet.data.read_idx` reads)."""
+    header = bytes([0, 0, _IDX_UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
 class ArrayImageDataset(Dataset):
@@ -48,7 +57,7 @@ class ArrayImageDataset(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str], transform=None):
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise InvalidValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, labels.astype(np.int64)
         self.classes, self.transform = list(classes), transform
 
@@ -68,7 +77,7 @@ def fashion_mnist(split: str, root: str | os.PathLike | None = None, transform=N
     image_file, label_file = (root / name for name in FASHION_MNIST_FILES[split])
     for path in (image_file, label_file):
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Fashion-MNIST file {path} not found; install it with `sudo apt-get install dataset-fashion-mnist` "
                 "or pass --data-dir with a folder holding the four *-ubyte.gz files")
     return ArrayImageDataset(read_idx(image_file), read_idx(label_file), FASHION_MNIST_CLASSES, transform)
@@ -113,13 +122,13 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str | os.PathLike, transform=None, mode: str = "RGB", classes: list[str] | None = None):
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist; expected {root}/<class name>/<image files>")
+            raise MissingFileError(f"image folder {root} does not exist; expected {root}/<class name>/<image files>")
         found, _ = find_classes(str(root))
         self.classes = list(classes) if classes is not None else found
         unknown = sorted(set(found) - set(self.classes))
         if unknown:
-            raise ValueError(f"{root} has classes the training split lacks: {', '.join(unknown[:5])}; "
-                             "give every split the same class folders")
+            raise InvalidValueError(f"{root} has classes the training split lacks: {', '.join(unknown[:5])}; "
+                                    "give every split the same class folders")
         self.samples: list[tuple[str, int]] = []
         self.skipped: list[tuple[str, str]] = []
         for index, name in enumerate(self.classes):
@@ -137,7 +146,7 @@ class ImageFolderDataset(Dataset):
             warnings.warn(f"skipped {len(self.skipped)} unreadable image file(s) in {root}: {examples}",
                           stacklevel=2)
         if not self.samples:
-            raise ValueError(f"no readable images ({', '.join(IMG_EXTENSIONS)}) found under {root}/<class name>/")
+            raise InvalidValueError(f"no readable images ({', '.join(IMG_EXTENSIONS)}) found under {root}/<class name>/")
         self.transform, self.mode = transform, mode
 
     def __len__(self) -> int:
@@ -158,7 +167,7 @@ def image_folder_split(root: str | os.PathLike, split: str, mode: str = "RGB") -
     root = Path(root)
     missing = [name for name in dict.fromkeys(("train", split)) if not (root / name).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{root} lacks the {' and '.join(missing)} folder(s); an image-folder dataset needs "
-                                f"{root}/train/<class>/<images> and {root}/val/<class>/<images>")
+        raise MissingFileError(f"{root} lacks the {' and '.join(missing)} folder(s); an image-folder dataset needs "
+                               f"{root}/train/<class>/<images> and {root}/val/<class>/<images>")
     classes, _ = find_classes(str(root / "train"))
     return ImageFolderDataset(root / split, mode=mode, classes=classes)

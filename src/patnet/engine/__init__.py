@@ -4,7 +4,7 @@
 """
 from .config import PRESETS, TrainConfig, make_config
 from .evaluate import EvalResult, evaluate
-from .trainer import NonFiniteLossError, create_model, resume_config, train
+from .trainer import NonFiniteLossError, resume_config, train
 
-__all__ = ["PRESETS", "EvalResult", "NonFiniteLossError", "TrainConfig", "create_model", "evaluate",
-           "make_config", "resume_config", "train"]
+__all__ = ["PRESETS", "EvalResult", "NonFiniteLossError", "TrainConfig", "evaluate", "make_config", "resume_config",
+           "train"]

@@ -26,6 +26,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
+from ..errors import InvalidValueError, MissingFileError
+from ..fileio import atomic_directory, atomic_path, write_bytes_durable
+
 FORMAT = "patnet-checkpoint-1"
 WEIGHTS, EMA_WEIGHTS, STATE = "model.safetensors", "ema.safetensors", "state.pt"
 
@@ -33,21 +36,6 @@ WEIGHTS, EMA_WEIGHTS, STATE = "model.safetensors", "ema.safetensors", "state.pt"
 def _plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A state dict of contiguous CPU tensors that share no storage (what safetensors requires)."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -58,11 +46,8 @@ def _torch_bytes(obj: Any) -> bytes:
 
 def point(link: Path, target: Path) -> None:
     """Make symbolic link ``link`` point at ``target`` (relative), replacing it atomically."""
-    temporary = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-    if temporary.is_symlink():
-        temporary.unlink()
-    temporary.symlink_to(os.path.relpath(target, link.parent))
-    os.replace(temporary, link)
+    with atomic_path(link) as temporary:
+        temporary.symlink_to(os.path.relpath(target, link.parent))
 
 
 def save_checkpoint(run_dir: str | os.PathLike, epoch: int, model: torch.nn.Module, metadata: dict[str, Any],
@@ -76,21 +61,12 @@ def save_checkpoint(run_dir: str | os.PathLike, epoch: int, model: torch.nn.Modu
         if not final.exists():        # gets a new name: the old one may be what last/best point at
             break
         final = checkpoints / f"epoch-{epoch:04d}-{again}"
-    staging = checkpoints / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
-        _write_bytes(staging / WEIGHTS, save(_plain_state_dict(model), metadata=meta))
+    meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    with atomic_directory(final) as staging:
+        write_bytes_durable(staging / WEIGHTS, save(_plain_state_dict(model), metadata=meta))
         if ema is not None:
-            _write_bytes(staging / EMA_WEIGHTS, save(_plain_state_dict(ema), metadata=meta))
-        _write_bytes(staging / STATE, _torch_bytes(state))
-        _fsync_dir(staging)
-        os.replace(staging, final)
-        _fsync_dir(checkpoints)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            write_bytes_durable(staging / EMA_WEIGHTS, save(_plain_state_dict(ema), metadata=meta))
+        write_bytes_durable(staging / STATE, _torch_bytes(state))
     return final
 
 
@@ -107,14 +83,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint directory meant by ``path``: a run directory (its ``last``), a checkpoint or a weights file."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a run directory (e.g. output/train), "
-                                f"its last/ or best/ checkpoint, or a {WEIGHTS} file")
+        raise MissingFileError(f"checkpoint {path} does not exist; pass a run directory (e.g. output/train), "
+                               f"its last/ or best/ checkpoint, or a {WEIGHTS} file")
     if path.is_file():
         return path.parent
     if (path / "last").exists():
         return (path / "last").resolve()
     if not (path / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{path} holds no {WEIGHTS}; pass a run directory or a checkpoint directory")
+        raise MissingFileError(f"{path} holds no {WEIGHTS}; pass a run directory or a checkpoint directory")
     return path.resolve()
 
 
@@ -124,11 +100,11 @@ def read_metadata(weights_file: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(weights_file), framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{weights_file} is not a readable safetensors file ({exc}); "
-                         "it may be truncated or of another format") from None
+        raise InvalidValueError(f"{weights_file} is not a readable safetensors file ({exc}); "
+                                "it may be truncated or of another format") from None
     if raw.get("format") != FORMAT:
-        raise ValueError(f"{weights_file} was not written by `patnet train` (no {FORMAT} metadata); "
-                         "train a model with `patnet train` first")
+        raise InvalidValueError(f"{weights_file} was not written by `patnet train` (no {FORMAT} metadata); "
+                                "train a model with `patnet train` first")
     return {k: json.loads(v) for k, v in raw.items() if k != "format"}
 
 
@@ -136,19 +112,19 @@ def load_weights(weights_file: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(weights_file))
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"cannot read weights {weights_file}: {exc}") from None
+        raise InvalidValueError(f"cannot read weights {weights_file}: {exc}") from None
 
 
 def load_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     """The training state of a checkpoint (``torch.load`` with ``weights_only=True``: no code is run)."""
     path = Path(checkpoint_dir) / STATE
     if not path.is_file():
-        raise FileNotFoundError(f"{checkpoint_dir} has no training state ({STATE}); resume needs a checkpoint "
-                                "directory written by `patnet train`")
+        raise MissingFileError(f"{checkpoint_dir} has no training state ({STATE}); resume needs a checkpoint "
+                               "directory written by `patnet train`")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"cannot read training state {path}: {type(exc).__name__}: {exc}") from None
+        raise InvalidValueError(f"cannot read training state {path}: {type(exc).__name__}: {exc}") from None
 
 
 def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
@@ -159,7 +135,7 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sourc
     reshaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
     if missing or unexpected or reshaped:
         examples = (missing + unexpected + reshaped)[:3]
-        raise ValueError(f"weights in {source} do not fit {type(model).__name__}: {len(missing)} missing, "
-                         f"{len(unexpected)} unexpected and {len(reshaped)} reshaped tensors (e.g. "
-                         f"{', '.join(examples)}); it is a checkpoint of another architecture or configuration")
+        raise InvalidValueError(f"weights in {source} do not fit {type(model).__name__}: {len(missing)} missing, "
+                                f"{len(unexpected)} unexpected and {len(reshaped)} reshaped tensors (e.g. "
+                                f"{', '.join(examples)}); it is a checkpoint of another architecture or configuration")
     model.load_state_dict(state_dict)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from timm.data import rand_augment_transform
+from ..errors import InvalidValueError
 
 
 @dataclass
@@ -55,14 +56,14 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+            raise InvalidValueError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**values)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value and what would be accepted."""
         def check(ok: bool, flag: str, value: Any, expected: str) -> None:
             if not ok:
-                raise ValueError(f"{flag} {value!r} is invalid: expected {expected}")
+                raise InvalidValueError(f"{flag} {value!r} is invalid: expected {expected}")
 
         check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")
         check(self.batch_size >= 2, "-b/--batch-size", self.batch_size,
@@ -126,7 +127,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """A config from ``preset`` (or the defaults) with ``overrides`` applied, validated."""
     if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise InvalidValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = TrainConfig.from_dict({**(PRESETS[preset] if preset else {}), **overrides})
     config.validate()
     return config

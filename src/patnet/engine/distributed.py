@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..device import resolve_device
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -24,11 +26,16 @@ class DistContext:
 
 
 def init_distributed(device: str | None = None) -> DistContext:
-    """Join the process group ``torchrun`` describes in the environment; a plain run is rank 0 of 1."""
+    """Join the process group ``torchrun`` describes in the environment; a plain run is rank 0 of 1.
+
+    ``device`` as :func:`patnet.device.resolve_device` takes it; under ``torchrun`` each process uses the
+    GPU of its local rank.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    resolved = resolve_device(device)
+    use_cuda = resolved.type == "cuda"
     if world_size <= 1:
-        return DistContext(0, 1, torch.device(device or ("cuda" if use_cuda else "cpu")))
+        return DistContext(0, 1, resolved)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

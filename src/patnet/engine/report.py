@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import write_text_atomic
+from ..plotting import pyplot, save_figure
 
 
 def write_history(run_dir: str | os.PathLike, history: list[dict]) -> None:
@@ -23,16 +24,9 @@ def write_history(run_dir: str | os.PathLike, history: list[dict]) -> None:
     write_text_atomic(run_dir / "metrics.json", json.dumps(history, indent=1) + "\n")
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_curves(history: list[dict], path: str | os.PathLike) -> None:
     """Loss, accuracy and learning rate against epochs."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
@@ -47,15 +41,13 @@ def plot_curves(history: list[dict], path: str | os.PathLike) -> None:
     ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: str | os.PathLike,
                    title: str = "confusion matrix") -> None:
     """Row-normalised confusion matrix (true class by row) with the counts written in each cell."""
-    plt = _pyplot()
+    plt = pyplot()
     counts = confusion.double()
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
     n = len(class_names)
@@ -68,6 +60,4 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: str | 
         for j in range(n):
             ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if rates[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

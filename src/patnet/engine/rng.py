@@ -1,16 +1,12 @@
-"""Random-number-generator states as plain tensors and numbers (storable with ``weights_only`` loading)."""
+"""Random-number-generator states as plain tensors and numbers (storable with ``weights_only`` loading).
+
+Seeding itself is timm's ``timm.utils.random_seed``."""
 from __future__ import annotations
 
 import random
 
 import numpy as np
 import torch
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def capture_rng_state() -> dict:

@@ -15,15 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused import FusedChannelGate, FusedPartialSelfAttn, bn_scale_shift, spatial_mean_std
+from ..errors import InvalidValueError
+from .folding import fold_input_affine
+from .fused import FusedChannelGate, FusedPartialChannelAttn, FusedPartialSelfAttn, FusedSpatialGate
 from .rel_pos import RelPosBias
+from .stats import bn_scale_shift, spatial_mean_std
 
 
 def split_channels(dim: int, n_div: int) -> tuple[int, int]:
     """(convolved, untouched) channel counts of a partial mixer of width ``dim``."""
     conv_dim = dim // n_div
     if conv_dim < 1:
-        raise ValueError(f"n_div={n_div} leaves no channel to convolve at width {dim}; use n_div <= {dim}")
+        raise InvalidValueError(f"n_div={n_div} leaves no channel to convolve at width {dim}; use n_div <= {dim}")
     return conv_dim, dim - conv_dim
 
 
@@ -53,7 +56,7 @@ class GaussianChannelGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and x.shape[0] == 1:
-            raise ValueError(
+            raise InvalidValueError(
                 "PAT_ch's gate normalises per-sample statistics with BatchNorm, which needs a batch of at "
                 "least 2 in training mode; use a larger batch (drop_last=True) or call model.eval()")
         mean, std = spatial_mean_std(x)
@@ -82,6 +85,14 @@ class PartialChannelAttn(nn.Module):
         convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
         return torch.cat((self.conv(convolved), self.norm(untouched * self.gate(untouched))), dim=1)
 
+    @torch.no_grad()
+    def fuse_into(self, next_conv: nn.Conv2d) -> FusedPartialChannelAttn:
+        """The deployment form; the post-gate BN (affine on the untouched channels) is folded into the input
+        channels of ``next_conv``, the 1x1 conv (with bias) that reads this mixer's output, in place."""
+        scale, shift = bn_scale_shift(self.norm)
+        fold_input_affine(next_conv, scale, shift, start=self.conv_dim)
+        return FusedPartialChannelAttn(self.conv, self.gate.fuse(), self.untouched_dim)
+
 
 class RelPosSelfAttention(nn.Module):
     """Multi-head self-attention over all tokens of a ``(B, C, H, W)`` map, with relative position bias.
@@ -93,8 +104,8 @@ class RelPosSelfAttention(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
-            raise ValueError(f"num_heads={num_heads} does not divide the attention width {dim}; "
-                             f"choose a divisor of {dim}")
+            raise InvalidValueError(f"num_heads={num_heads} does not divide the attention width {dim}; "
+                                    f"choose a divisor of {dim}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
@@ -162,3 +173,17 @@ class PartialSpatialAttn(nn.Module):
         attended, convolved = torch.split(x, [self.attn_dim, self.conv_dim], dim=1)
         attended = self.gate_norm(attended * F.hardsigmoid(self.gate_conv(attended)))
         return torch.cat((attended, self.conv(self.pre_norm(convolved))), dim=1)
+
+    @torch.no_grad()
+    def fuse_into(self, project: nn.Conv2d) -> FusedSpatialGate:
+        """The deployment form of the attention half; the conv half ``conv(BN(B))`` is composed into the rows
+        B of ``project``, the 1x1 conv (with bias) that feeds this module, in place: two linear maps with
+        nothing between them."""
+        scale, shift = bn_scale_shift(self.pre_norm)
+        inner = self.conv.weight[:, :, 0, 0]
+        rows = slice(self.attn_dim, None)
+        project.weight[rows] = torch.einsum("oc,ci->oi", inner * scale[None, :],
+                                            project.weight[rows, :, 0, 0])[..., None, None]
+        project.bias[rows] = inner @ (scale * project.bias[rows] + shift)
+        gate_scale, gate_shift = bn_scale_shift(self.gate_norm)
+        return FusedSpatialGate(self.gate_conv, gate_scale, gate_shift)

@@ -1,3 +1,3 @@
-"""PATNet model family (registered with timm on import)."""
-from .factory import check_model_name, create_model
+"""PATNet model family (registered with timm on import) and the project's one model factory."""
+from .factory import baseline_partner, check_model_name, create_model, patnet_variants, size_key
 from .patnet import PATNet, checkpoint_filter_fn

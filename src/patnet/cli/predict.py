@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from .engine.inference import load_trained_model, predict_files
+from ..engine.inference import load_trained_model, predict_files
+from ..errors import InvalidValueError
+from .common import add_device_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,12 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (uses its last checkpoint), checkpoint directory or model.safetensors")
     parser.add_argument("--topk", type=int, default=5, help="classes to print per image")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights")
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
-        raise ValueError(f"--topk {args.topk} is invalid: expected an integer >= 1")
+        raise InvalidValueError(f"--topk {args.topk} is invalid: expected an integer >= 1")
     model, meta = load_trained_model(args.checkpoint, ema=args.ema, device=args.device)
     for file, ranking in zip(args.images, predict_files(model, meta, args.images, args.topk)):
         print(file)

@@ -1,15 +1,14 @@
-"""``patnet bench``: compare backbones' size and speed on this machine."""
+"""``patnet bench``: compare backbones' size and speed on this machine (flags -> :class:`BenchConfig`)."""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-from dataclasses import fields
-
-from .report import load_average, print_report
-from .runner import DEFAULT_MODELS, FORMS, BenchConfig, run_benchmark, with_overrides
+from ..bench import BenchConfig, default_models, make_bench_config, print_report, run_benchmark, warn_if_busy
+from ..bench.runner import FORMS
+from ..errors import InvalidValueError
+from .common import config_overrides
 
 GPU_OPTIONS = ("gpu_batch", "gpu_warmup", "gpu_iters", "gpu_per_round", "amp_dtype")
 DEFAULTS = BenchConfig()
@@ -17,7 +16,7 @@ DEFAULTS = BenchConfig()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL",
-                        help=f"timm model names (default: {' '.join(DEFAULT_MODELS)})")
+                        help=f"timm model names (default: {' '.join(default_models())})")
     parser.add_argument("--baseline", metavar="MODEL", help="model every other model is compared with when it has no "
                         "fasternet_X partner (added to the models if missing)")
     parser.add_argument("--forms", nargs="+", choices=FORMS,
@@ -70,10 +69,10 @@ def _model_kwargs(text: str | None) -> dict | None:
     try:
         kwargs = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--model-kwargs is not valid JSON ({exc.msg}); "
-                         "give an object such as '{\"num_classes\": 10}'") from None
+        raise InvalidValueError(f"--model-kwargs is not valid JSON ({exc.msg}); "
+                                "give an object such as '{\"num_classes\": 10}'") from None
     if not isinstance(kwargs, dict):
-        raise ValueError("--model-kwargs must be a JSON object such as '{\"num_classes\": 10}'")
+        raise InvalidValueError("--model-kwargs must be a JSON object such as '{\"num_classes\": 10}'")
     return kwargs
 
 
@@ -82,17 +81,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     given_gpu_options = [name for name in GPU_OPTIONS if getattr(args, name) is not None]
     if given_gpu_options and args.gpu is False:
         flags = ", ".join("--" + name.replace("_", "-") for name in given_gpu_options)
-        raise ValueError(f"{flags} cannot be combined with --no-gpu; drop one of them")
-    overrides = {f.name: getattr(args, f.name) for f in fields(BenchConfig) if hasattr(args, f.name)}
-    overrides.update(
-        models=tuple(args.models) or None,
-        forms=tuple(args.forms) if args.forms else None,
-        latency_threads=tuple(args.latency_threads) if args.latency_threads else None,
-        model_kwargs=_model_kwargs(args.model_kwargs),
-        gpu=True if given_gpu_options else args.gpu,
-    )
-    base = BenchConfig.quick() if args.quick else BenchConfig()
-    return with_overrides(base, **overrides)
+        raise InvalidValueError(f"{flags} cannot be combined with --no-gpu; drop one of them")
+    overrides = config_overrides(args, BenchConfig)
+    overrides.update(model_kwargs=_model_kwargs(args.model_kwargs), gpu=True if given_gpu_options else args.gpu,
+                     models=tuple(args.models) or None)
+    return make_bench_config(args.quick, **overrides)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -109,14 +102,6 @@ def command_line(args: argparse.Namespace) -> str:
     if args.gpu is False:
         words.append("--no-gpu")
     return shlex.join(words)
-
-
-def warn_if_busy() -> None:
-    """Say so when other work is running: it distorts timings, multi-threaded ones most."""
-    load, cores = load_average(), os.cpu_count() or 1
-    if load is not None and load > 0.5:
-        print(f"patnet bench: warning: load average {load} on {cores} cores; other work is running and will "
-              "distort the timings (multi-threaded ones most)", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,11 +1,12 @@
-"""`patnet demo`: build every PATNet variant and print its size and cost."""
+"""``patnet demo``: build every PATNet variant and print its size and cost."""
 from __future__ import annotations
 
 import argparse
 import time
 
-from .flops import count_macs, count_params
-from .models import check_model_name, create_model
+from ..errors import InvalidValueError
+from ..flops import count_macs, count_params
+from ..models import check_model_name, create_model, patnet_variants
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.img_size < 1:
-        raise ValueError(f"--img-size must be positive, got {args.img_size}")
-    names = args.models or ["patnet_t0", "patnet_t1", "patnet_t2", "patnet_s", "patnet_m", "patnet_l"]
+        raise InvalidValueError(f"--img-size must be positive, got {args.img_size}")
+    names = args.models or patnet_variants()
     for name in names:
         check_model_name(name)
     print(f"{'model':<14}{'params':>14}{'MACs':>18}{'GMACs':>9}{'build s':>9}")

@@ -9,8 +9,10 @@ import argparse
 
 from timm.utils import ParseKwargs
 
-from .data import DATASETS
-from .engine import PRESETS, TrainConfig, make_config, resume_config, train
+from ..data import DATASETS
+from ..engine import PRESETS, TrainConfig, make_config, resume_config, train
+from ..errors import InvalidValueError
+from .common import DEVICE_HELP, config_overrides
 
 _DEFAULTS = TrainConfig()
 
@@ -50,7 +52,7 @@ _OPTIONS = [
     (("--output",), "output", str, "run directory (checkpoints, metrics, plots)"),
     (("--seed",), "seed", int, "random seed"),
     (("-j", "--workers"), "workers", int, "data-loading worker processes"),
-    (("--device",), "device", str, "cpu or cuda (default: cuda when available)"),
+    (("--device",), "device", str, DEVICE_HELP),
 ]
 
 
@@ -70,10 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config: checkpoint's (on resume) or preset's values, then the flags given on the command line."""
-    given = {name: getattr(args, name) for _, name, _, _ in _OPTIONS if getattr(args, name) is not None}
+    given = config_overrides(args, TrainConfig)
     if args.resume:
         if args.preset:
-            raise ValueError("--preset and --resume cannot be combined: a resumed run keeps its own config")
+            raise InvalidValueError("--preset and --resume cannot be combined: a resumed run keeps its own config")
         return resume_config(args.resume, **given)
     return make_config(args.preset, **given)
 
