@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Fashion-MNIST study of issue 6 (docs/study/README.md): `patnet study` trains whatever is missing under
+# The Fashion-MNIST study (docs/study/README.md): `patnet study` trains whatever is missing under
 # output/study (finished runs are skipped, unfinished ones resumed, so it can be stopped and run again), measures
 # params, MACs and single-thread CPU latency, and writes docs/study/full/ (results.md, results.json, plot).
 # About 2 hours on the 2-core machine. `scripts/study.sh --quick` is the small version (docs/study/quick/,

@@ -10,8 +10,17 @@ import timm
 import torch
 from torch import nn
 
-from patnet.bench import (BenchConfig, TimingStats, compare, default_baselines, load_accuracies, matmul_gflops,
-                          measure_latency, run_benchmark, time_alternating)
+from patnet.bench import (
+    BenchConfig,
+    TimingStats,
+    compare,
+    default_baselines,
+    load_accuracies,
+    matmul_gflops,
+    measure_latency,
+    run_benchmark,
+    time_alternating,
+)
 from patnet.bench.runner import load_deploy, plan_sections
 from patnet.bench.timing import summarise
 from patnet.cli import main

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patnet.data import (FASHION_MNIST_CLASSES, ImageFolderDataset, build_dataset, build_transform,
-                         fashion_mnist, image_folder_split, read_idx, synthetic)
+from patnet.data import (
+    FASHION_MNIST_CLASSES,
+    ImageFolderDataset,
+    build_dataset,
+    build_transform,
+    fashion_mnist,
+    image_folder_split,
+    read_idx,
+    synthetic,
+)
 from patnet.data.datasets import FASHION_MNIST_DIR
 
 

@@ -2,10 +2,10 @@
 import pytest
 import timm
 import torch
+from helpers import randomize_inference_state
 from timm.utils import reparameterize_model
 
 import patnet  # noqa: F401
-from helpers import randomize_inference_state
 from patnet.deploy import deploy
 
 SIZES = [(64, 64), (96, 72), (97, 131)]
@@ -81,3 +81,23 @@ def test_scripted_deploy_form():
 def test_deploy_rejects_non_modules():
     with pytest.raises(TypeError, match="takes an nn.Module"):
         deploy("patnet_t0")
+
+
+class _DataDependent(torch.nn.Module):
+    """torch.fx cannot trace it (a Python branch on a tensor value): deploy folds what the module tree shows."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+
+    def forward(self, x):
+        return self.body(x) if x.sum() >= 0 else self.body(-x)
+
+
+def test_untraceable_models_fold_their_sequential_conv_bn_pairs():
+    model = randomize_inference_state(_DataDependent(), seed=9).eval()
+    folded = deploy(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert _relative_error(model(x), folded(x)) <= 1e-5

@@ -5,12 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from patnet.engine import NonFiniteLossError, make_config, resume_config, train
-from patnet.engine import checkpoint as ckpt
 from patnet.data import build_dataset
-from patnet.engine import builders
-from patnet.models import create_model
+from patnet.engine import NonFiniteLossError, builders, make_config, resume_config, train
+from patnet.engine import checkpoint as ckpt
 from patnet.engine.inference import evaluate_checkpoint, load_trained_model, predict_files
+from patnet.models import create_model
 
 # A ~100k-parameter timm model with batch norm: an epoch of the synthetic set takes well under a second.
 TINY = dict(model="test_efficientnet", dataset="synthetic", img_size=32, batch_size=16, lr=5e-3,

@@ -2,9 +2,9 @@
 import pytest
 import timm
 import torch
+from helpers import fixed_input
 
 import patnet
-from helpers import fixed_input
 
 
 @pytest.fixture(scope="module")

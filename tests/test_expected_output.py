@@ -7,9 +7,9 @@ from pathlib import Path
 
 import timm
 import torch
+from helpers import fixed_input, randomize_inference_state
 
 import patnet  # noqa: F401
-from helpers import fixed_input, randomize_inference_state
 
 EXPECTED = Path(__file__).parent / "data" / "expected_logits.json"
 CONFIG = dict(embed_dim=16, depths=(1, 1, 2, 2), spatial_attn=True, num_classes=10, feature_dim=64)

@@ -3,9 +3,9 @@ import onnx
 import pytest
 import timm
 import torch
+from helpers import randomize_inference_state
 
 import patnet  # noqa: F401
-from helpers import randomize_inference_state
 from patnet.cli import main
 from patnet.export import export_onnx, export_torchscript
 

@@ -117,7 +117,8 @@ def test_an_interrupted_run_is_resumed_from_its_last_epoch(tmp_path, monkeypatch
 
     calls = []
     real_train = study.runner.train
-    monkeypatch.setattr(study.runner, "train", lambda config, resume=None: calls.append(resume) or real_train(config, resume))
+    monkeypatch.setattr(study.runner, "train",
+                        lambda config, resume=None: calls.append(resume) or real_train(config, resume))
     results = study.run_study(plan, tmp_path / "out", tmp_path / "report", "second", log=quiet)
     assert calls == [run.dir]
     assert [row["epoch"] for row in study.saved_state(run)["history"]] == [1, 2]

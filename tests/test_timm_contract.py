@@ -2,10 +2,10 @@
 import pytest
 import timm
 import torch
+from helpers import fixed_input, randomize_inference_state
 from timm.optim import create_optimizer_v2
 
 import patnet  # noqa: F401
-from helpers import fixed_input, randomize_inference_state
 
 MODELS = timm.list_models(module="patnet")
 IMG = 64  # smallest round size at which every stage keeps a 2x2 map with the default stem

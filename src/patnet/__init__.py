@@ -5,4 +5,6 @@
 """
 from .models import PATNet, checkpoint_filter_fn, create_model
 
+__all__ = ["PATNet", "checkpoint_filter_fn", "create_model"]
+
 __version__ = "0.1.0"

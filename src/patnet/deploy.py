@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 
 import torch
+from timm.utils import reparameterize_model
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse_conv_bn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from timm.utils import reparameterize_model
 
 from .errors import InvalidTypeError
 

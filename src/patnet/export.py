@@ -87,15 +87,16 @@ def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor
     return ExportReport(path, "torchscript", max_abs, relative)
 
 
-def build_for_export(name: str, checkpoint: Optional[str], in_chans: Optional[int], num_classes: Optional[int]) -> nn.Module:
+def build_for_export(name: str, checkpoint: Optional[str], in_chans: Optional[int],
+                     num_classes: Optional[int]) -> nn.Module:
     """Model ``name`` in eval mode, with the weights of ``checkpoint`` (a state dict or safetensors file) if given."""
     kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint)) if checkpoint is not None else {}
     return create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs).eval()
 
 
 def export_model(name: str, output: str | Path, checkpoint: Optional[str] = None,
-                 img_size: tuple[int, int] = (224, 224), in_chans: Optional[int] = None, num_classes: Optional[int] = None,
-                 dynamic_batch: bool = False) -> ExportReport:
+                 img_size: tuple[int, int] = (224, 224), in_chans: Optional[int] = None,
+                 num_classes: Optional[int] = None, dynamic_batch: bool = False) -> ExportReport:
     """Build model ``name`` (with ``checkpoint``'s weights) and export its deployment form to ``output``:
     ONNX for ``.onnx``, TorchScript for ``.pt``/``.ts``; verified on a seeded ``img_size`` example."""
     height, width = img_size

@@ -6,8 +6,16 @@ writes JSON, Markdown and a plot; ``patnet bench`` is its command line.
 """
 from .report import load_accuracies, print_report, to_markdown, warn_if_busy, write_outputs
 from .runner import BenchConfig, default_baselines, default_models, make_bench_config, run_benchmark
-from .timing import (Comparison, RatioStats, TimingStats, compare, matmul_gflops, measure_latency,
-                     num_threads, time_alternating)
+from .timing import (
+                     Comparison,
+                     RatioStats,
+                     TimingStats,
+                     compare,
+                     matmul_gflops,
+                     measure_latency,
+                     num_threads,
+                     time_alternating,
+)
 
 __all__ = [
     "BenchConfig", "Comparison", "RatioStats", "TimingStats", "compare", "default_baselines", "default_models",

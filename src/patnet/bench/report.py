@@ -11,8 +11,8 @@ from pathlib import Path
 import timm
 import torch
 
-from ..fileio import write_text_atomic
 from ..errors import InvalidValueError, MissingFileError
+from ..fileio import write_text_atomic
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "bench.json", "bench.md", "bench.png"
 

@@ -205,6 +205,101 @@ def _model_names(config: BenchConfig, models: Mapping[str, nn.Module] | None) ->
     return names
 
 
+def _check_accuracies(accuracy_file, names: list[str], plot_y: str | None) -> tuple[dict[str, float], str]:
+    """The accuracies to plot (from ``accuracy_file``) and the plot's y axis, checked."""
+    accuracies = load_accuracies(accuracy_file) if accuracy_file else {}
+    if accuracies and not set(accuracies) & set(names):
+        raise InvalidValueError(f"{accuracy_file} gives no accuracy for any of the models ({', '.join(names)})")
+    plot_y = plot_y or ("accuracy" if accuracies else "macs")
+    if plot_y not in ("macs", "accuracy"):
+        raise InvalidValueError(f"plot_y must be 'macs' or 'accuracy', got {plot_y!r}")
+    if plot_y == "accuracy" and not accuracies:
+        raise InvalidValueError("an accuracy plot needs a results file with accuracies (--accuracy FILE)")
+    return accuracies, plot_y
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class _BenchRun:
+    """One benchmark run: its results dict, saved to ``out_dir`` as it grows."""
+
+    def __init__(self, config: BenchConfig, out_dir: str | Path | None, plot_y: str, command: str | None,
+                 save_every_s: float):
+        self.config, self.plot_y, self.save_every_s = config, plot_y, save_every_s
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.input_size = (3, config.img_size, config.img_size)
+        self.results = {
+            "header": {**machine_info(), "command": command, "config": asdict(config), "started": _now(),
+                       "finished": None, "interrupted": False, "input_size": list(self.input_size),
+                       "matmul_gflops": {}},
+            "models": {},
+            "sections": [],
+        }
+        self.last_save = 0.0
+
+    def save(self, plot: bool = False, force: bool = True) -> None:
+        if self.out_dir is None or (not force and time.monotonic() - self.last_save < self.save_every_s):
+            return
+        write_outputs(self.results, self.out_dir, plot_y=self.plot_y if plot else None)
+        self.last_save = time.monotonic()
+
+    def build(self, names: list[str], models, baselines: dict[str, str], accuracies: dict[str, float], deploy,
+              progress: bool) -> tuple[dict[str, nn.Module], dict[str, int]]:
+        """Every model in every form, with its params and MACs recorded."""
+        from tqdm.auto import tqdm
+
+        torch.manual_seed(self.config.seed)
+        variants, macs, start = {}, {}, time.perf_counter()
+        for name in tqdm(names, desc="building models", disable=not progress, leave=False):
+            model = models[name] if models is not None else create_model(name, **self.config.model_kwargs)
+            model.eval()
+            macs[name] = count_macs(model, self.input_size)
+            self.results["models"][name] = {"params": count_params(model), "macs": macs[name],
+                                            "baseline": baselines.get(name), "accuracy": accuracies.get(name)}
+            for form in self.config.forms:
+                variants[_variant(name, form)] = model if form == "train" else deploy(model).eval()
+            self.results["header"]["build_wall_s"] = round(time.perf_counter() - start, 1)
+            self.save()
+        return variants, macs
+
+    def measure_ceilings(self, sections: list[Section]) -> None:
+        for threads in sorted({s.threads for s in sections if s.device == "cpu"}):
+            self.results["header"]["matmul_gflops"][str(threads)] = matmul_gflops(threads, self.config.matmul_size)
+        self.save()
+
+    def time_section(self, section: Section, variants: dict[str, nn.Module], baselines: dict[str, str],
+                     macs: dict[str, int], bar) -> None:
+        """Time every variant in alternation for ``section``, recording (and saving) after every round."""
+        bar.set_description(section.title)
+        self.results["sections"].append(None)
+        start = time.perf_counter()
+
+        def record(comparison: Comparison, final: bool = False) -> None:
+            self.results["sections"][-1] = {
+                **_section_record(section, comparison, macs, self.results["header"]["matmul_gflops"]),
+                "wall_s": round(time.perf_counter() - start, 1)}
+            if not final:
+                bar.update(1)
+            self.save(plot=final, force=final)
+
+        comparison = compare(
+            variants, baseline=baselines, batch_size=section.batch_size, input_size=self.input_size,
+            threads=section.threads, warmup=section.warmup, iters=section.iters, per_round=section.per_round,
+            device=section.device, amp_dtype=section.amp_dtype, channels_last=section.channels_last,
+            on_round=record)
+        record(comparison, final=True)
+
+    def finish(self, interrupted: bool = False) -> None:
+        header = self.results["header"]
+        header["interrupted"] = interrupted
+        header["finished"] = None if interrupted else _now()
+        header["load_average_end"] = load_average()
+        self.results["sections"] = [s for s in self.results["sections"] if s is not None]
+        self.save(plot=True)
+
+
 def run_benchmark(
     config: BenchConfig = BenchConfig(),
     out_dir: str | Path | None = None,
@@ -228,88 +323,23 @@ def run_benchmark(
     names = _model_names(config, models)
     sections = plan_sections(config)
     deploy = load_deploy() if "deploy" in config.forms else None
-    accuracies = load_accuracies(accuracy_file) if accuracy_file else {}
-    if accuracies and not set(accuracies) & set(names):
-        raise InvalidValueError(f"{accuracy_file} gives no accuracy for any of the models ({', '.join(names)})")
-    plot_y = plot_y or ("accuracy" if accuracies else "macs")
-    if plot_y not in ("macs", "accuracy"):
-        raise InvalidValueError(f"plot_y must be 'macs' or 'accuracy', got {plot_y!r}")
-    if plot_y == "accuracy" and not accuracies:
-        raise InvalidValueError("an accuracy plot needs a results file with accuracies (--accuracy FILE)")
+    accuracies, plot_y = _check_accuracies(accuracy_file, names, plot_y)
     baselines = default_baselines(names, config.baseline)
-    input_size = (3, config.img_size, config.img_size)
-    out_dir = Path(out_dir) if out_dir is not None else None
-
-    results = {
-        "header": {**machine_info(), "command": command, "config": asdict(config),
-                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "finished": None,
-                   "interrupted": False, "input_size": list(input_size), "matmul_gflops": {}},
-        "models": {},
-        "sections": [],
-    }
-    last_save = 0.0
-
-    def save(plot: bool = False, force: bool = True) -> None:
-        nonlocal last_save
-        if out_dir is None or (not force and time.monotonic() - last_save < save_every_s):
-            return
-        write_outputs(results, out_dir, plot_y=plot_y if plot else None)
-        last_save = time.monotonic()
-
-    torch.manual_seed(config.seed)
-    variants: dict[str, nn.Module] = {}
-    macs: dict[str, int] = {}
-    build_start = time.perf_counter()
+    run = _BenchRun(config, out_dir, plot_y, command, save_every_s)
     try:
-        for name in tqdm(names, desc="building models", disable=not progress, leave=False):
-            model = models[name] if models is not None else create_model(name, **config.model_kwargs)
-            model.eval()
-            macs[name] = count_macs(model, input_size)
-            results["models"][name] = {"params": count_params(model), "macs": macs[name],
-                                       "baseline": baselines.get(name), "accuracy": accuracies.get(name)}
-            for form in config.forms:
-                variants[_variant(name, form)] = model if form == "train" else deploy(model).eval()
-            results["header"]["build_wall_s"] = round(time.perf_counter() - build_start, 1)
-            save()
-
-        cpu_threads = sorted({s.threads for s in sections if s.device == "cpu"})
-        for threads in cpu_threads:
-            results["header"]["matmul_gflops"][str(threads)] = matmul_gflops(threads, config.matmul_size)
-        save()
-
+        variants, macs = run.build(names, models, baselines, accuracies, deploy, progress)
+        run.measure_ceilings(sections)
         variant_baselines = {_variant(name, form): _variant(base, form)
                              for name, base in baselines.items() for form in config.forms}
         total_rounds = sum(s.iters // s.per_round for s in sections)
         with tqdm(total=total_rounds, desc="timing", unit="round", disable=not progress) as bar:
             for section in sections:
-                bar.set_description(section.title)
-                results["sections"].append(None)
-                section_start = time.perf_counter()
-
-                def record(comparison: Comparison, final: bool = False) -> None:
-                    results["sections"][-1] = {
-                        **_section_record(section, comparison, macs, results["header"]["matmul_gflops"]),
-                        "wall_s": round(time.perf_counter() - section_start, 1)}
-                    if not final:
-                        bar.update(1)
-                    save(plot=final, force=final)
-
-                comparison = compare(
-                    variants, baseline=variant_baselines, batch_size=section.batch_size, input_size=input_size,
-                    threads=section.threads, warmup=section.warmup, iters=section.iters,
-                    per_round=section.per_round, device=section.device, amp_dtype=section.amp_dtype,
-                    channels_last=section.channels_last, on_round=record)
-                record(comparison, final=True)
+                run.time_section(section, variants, variant_baselines, macs, bar)
     except KeyboardInterrupt:
-        results["header"]["interrupted"] = True
-        results["header"]["load_average_end"] = load_average()
-        results["sections"] = [s for s in results["sections"] if s is not None]
-        save(plot=True)
+        run.finish(interrupted=True)
         raise
-    results["header"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    results["header"]["load_average_end"] = load_average()
-    save(plot=True)
-    return results
+    run.finish()
+    return run.results
 
 
 def make_bench_config(quick: bool = False, **overrides) -> BenchConfig:

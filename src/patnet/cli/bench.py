@@ -5,6 +5,7 @@ import argparse
 import json
 import shlex
 import sys
+
 from ..bench import BenchConfig, default_models, make_bench_config, print_report, run_benchmark, warn_if_busy
 from ..bench.runner import FORMS
 from ..errors import InvalidValueError

@@ -10,8 +10,16 @@ from dataclasses import dataclass
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..errors import InvalidValueError
-from .datasets import (FASHION_MNIST_CLASSES, ArrayImageDataset, ImageFolderDataset, fashion_mnist,
-                       image_folder_split, read_idx, synthetic, write_idx)
+from .datasets import (
+    FASHION_MNIST_CLASSES,
+    ArrayImageDataset,
+    ImageFolderDataset,
+    fashion_mnist,
+    image_folder_split,
+    read_idx,
+    synthetic,
+    write_idx,
+)
 from .subsets import write_train_subset
 from .transforms import photo_transform, small_image_transform
 
@@ -56,7 +64,8 @@ def build_dataset(name: str, split: str, data_dir: str | None, img_size: int, **
         dataset = synthetic(split)
     else:
         if data_dir is None:
-            raise InvalidValueError("--dataset folder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/")
+            raise InvalidValueError("--dataset folder needs --data-dir DIR with DIR/train/<class>/ and "
+                                    "DIR/val/<class>/")
         dataset = image_folder_split(data_dir, split, mode="RGB" if info.in_chans == 3 else "L")
     dataset.transform = build_transform(name, img_size, split == "train", **aug)
     return dataset

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from ..errors import InvalidValueError, MissingFileError
+from ..fileio import atomic_path
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -48,7 +49,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a uint8 array as a gzipped IDX file (the format :func:`patnet.data.read_idx` reads)."""
     header = bytes([0, 0, _IDX_UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
+    with atomic_path(path) as temporary, gzip.open(temporary, "wb") as f:
         f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
@@ -146,7 +147,8 @@ class ImageFolderDataset(Dataset):
             warnings.warn(f"skipped {len(self.skipped)} unreadable image file(s) in {root}: {examples}",
                           stacklevel=2)
         if not self.samples:
-            raise InvalidValueError(f"no readable images ({', '.join(IMG_EXTENSIONS)}) found under {root}/<class name>/")
+            raise InvalidValueError(f"no readable images ({', '.join(IMG_EXTENSIONS)}) found under "
+                                    f"{root}/<class name>/")
         self.transform, self.mode = transform, mode
 
     def __len__(self) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from timm.data import rand_augment_transform
+
 from ..errors import InvalidValueError
 
 

@@ -17,15 +17,20 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
-
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (DropPath, SelectAdaptivePool2d, calculate_drop_path_rates, get_act_layer, get_device_dtype,
-                         trunc_normal_)
+from timm.layers import (
+    DropPath,
+    SelectAdaptivePool2d,
+    calculate_drop_path_rates,
+    get_act_layer,
+    get_device_dtype,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._helpers import load_state_dict
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import InvalidTypeError, InvalidValueError, MissingFileError
 from ..layers import PartialChannelAttn, PartialConv, PartialSelfAttn, PartialSpatialAttn
@@ -113,7 +118,8 @@ class PatBlock(nn.Module):
 class PatchEmbed(nn.Module):
     """Stem: ``BN(conv(in_chans -> C0, kernel patch_size, stride patch_stride))``."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4, patch_stride: int = 4, device=None, dtype=None):
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4, patch_stride: int = 4, device=None,
+                 dtype=None):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_stride, bias=False, device=device, dtype=dtype)
         self.norm = nn.BatchNorm2d(embed_dim, device=device, dtype=dtype)
@@ -225,7 +231,8 @@ class PATNet(nn.Module):
             raise InvalidValueError(f"depths must list at least one block per stage, got {depths}")
         mixers = tuple(mixers) if mixers is not None else ("pat_ch",) * (num_stages - 1) + ("pat_sf",)
         if len(mixers) != num_stages or any(m not in MIXERS for m in mixers):
-            raise InvalidValueError(f"mixers must give one of {MIXERS} for each of the {num_stages} stages, got {mixers}")
+            raise InvalidValueError(f"mixers must give one of {MIXERS} for each of the {num_stages} stages, "
+                                    f"got {mixers}")
         if embed_dim < 1:
             raise InvalidValueError(f"embed_dim must be positive, got {embed_dim}")
         act_layer = _resolve_act_layer(act_layer)
@@ -304,18 +311,19 @@ class PATNet(nn.Module):
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
-            raise InvalidValueError(f"expected a 4-D (batch, channels, height, width) tensor, got shape {list(x.shape)}; "
-                                    f"add a batch dimension with x.unsqueeze(0)")
+            raise InvalidValueError(f"expected a 4-D (batch, channels, height, width) tensor, got shape "
+                                    f"{list(x.shape)}; add a batch dimension with x.unsqueeze(0)")
         if not x.is_floating_point():
-            raise InvalidTypeError(f"expected a floating-point image tensor, got {x.dtype}; convert it, e.g. x.float() / 255, "
-                                   f"then normalize")
+            raise InvalidTypeError(f"expected a floating-point image tensor, got {x.dtype}; convert it, e.g. "
+                                   f"x.float() / 255, then normalize")
         if x.shape[1] != self.in_chans:
             raise InvalidValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}; create the model with "
                                     f"in_chans={x.shape[1]} or convert the images")
         smallest = self.min_input_size
         if x.shape[2] < smallest or x.shape[3] < smallest:
-            raise InvalidValueError(f"input of {x.shape[2]}x{x.shape[3]} is too small: this network needs at least "
-                                    f"{smallest}x{smallest}; resize the images or use a smaller patch_size/patch_stride")
+            raise InvalidValueError(f"input of {x.shape[2]}x{x.shape[3]} is too small: this network needs at "
+                                    f"least {smallest}x{smallest}; resize the images or use a smaller "
+                                    "patch_size/patch_stride")
 
     def forward_intermediates(
             self,

@@ -5,8 +5,24 @@ missing (finished runs skipped, unfinished ones resumed), measures params, MACs 
 the deploy forms in alternation, and writes the report that :mod:`.report` composes (``results.json``,
 ``results.md``, ``accuracy_vs_latency.png``).
 """
-from .plan import (BASELINE, HEADLINE, PATNET, PLANS, RECIPE, TUNING, VARIANTS, Plan, Run, Tuning, Variant, make_run,
-                   plan_runs, setting_name, subset_dir, tuning_runs)
+from .plan import (
+                   BASELINE,
+                   HEADLINE,
+                   PATNET,
+                   PLANS,
+                   RECIPE,
+                   TUNING,
+                   VARIANTS,
+                   Plan,
+                   Run,
+                   Tuning,
+                   Variant,
+                   make_run,
+                   plan_runs,
+                   setting_name,
+                   subset_dir,
+                   tuning_runs,
+)
 from .report import estimate_full_s, findings, to_markdown, tuning_markdown
 from .runner import run_study, run_tuning, saved_state, train_all
 

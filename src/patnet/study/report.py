@@ -6,8 +6,18 @@ import statistics
 
 from ..bench.report import markdown_table
 from ..plotting import pyplot, save_figure
-from .plan import (BASELINE, FASHION_MNIST_TRAIN_IMAGES, HEADLINE, PATNET, PLANS, Plan, Run, Variant, as_json,
-                   setting_name)
+from .plan import (
+    BASELINE,
+    FASHION_MNIST_TRAIN_IMAGES,
+    HEADLINE,
+    PATNET,
+    PLANS,
+    Plan,
+    Run,
+    Variant,
+    as_json,
+    setting_name,
+)
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "results.json", "results.md", "accuracy_vs_latency.png"
 

@@ -12,16 +12,26 @@ from ..bench import compare
 from ..bench.report import load_average, machine_info
 from ..data import build_dataset, dataset_info, write_train_subset
 from ..deploy import deploy
-from ..engine import train
 from ..engine import checkpoint as ckpt
+from ..engine import train
 from ..engine.inference import load_trained_model
 from ..errors import InvalidValueError
 from ..fileio import write_text_atomic
 from ..flops import count_macs, count_params
-from .plan import (BASELINE, PLACE_FIELDS, PLANS, Plan, Run, Tuning, as_json, plan_runs, setting_name, subset_dir,
-                   tuning_runs)
-from .report import (JSON_NAME, MARKDOWN_NAME, PLOT_NAME, estimate_full_s, plot, summarize, to_markdown,
-                     tuning_markdown)
+from .plan import (
+    BASELINE,
+    PLACE_FIELDS,
+    PLANS,
+    Plan,
+    Run,
+    Tuning,
+    as_json,
+    plan_runs,
+    setting_name,
+    subset_dir,
+    tuning_runs,
+)
+from .report import JSON_NAME, MARKDOWN_NAME, PLOT_NAME, estimate_full_s, plot, summarize, to_markdown, tuning_markdown
 
 
 def saved_state(run: Run) -> dict | None:
