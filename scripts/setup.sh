@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch 2.14.1 / torchvision 0.29.1 install from this machine's local disk; timm comes from PyPI.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-.venv/bin/pip install -q --disable-pip-version-check -e ".[export,test]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[export,detection,test]"
 if [ "${PATNET_SKIP_DATA:-0}" != "1" ] && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo"
