@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("patnet.cli.predict", "print the top-5 classes of images with a trained checkpoint"),
     "bench": ("patnet.cli.bench", "compare models' params, MACs, latency and throughput on this machine"),
     "study": ("patnet.cli.study", "Fashion-MNIST study: PATNet-T0 vs FasterNet-T0 and PAT-block ablations; resumable"),
+    "detect": ("patnet.cli.detect", "detection and instance segmentation: train, eval, predict"),
 }
 
 
