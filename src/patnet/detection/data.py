@@ -10,7 +10,7 @@ from ..errors import InvalidValueError
 from .config import DetectConfig
 
 # The synthetic set is for tests: a few tiny canvases of drawn shapes.
-SYNTHETIC_SCENES = dict(canvas=64, max_scale=2.0, train_canvases=32, val_canvases=16)
+SYNTHETIC_SCENES = dict(canvas=64, max_scale=2.0, train_canvases=16, val_canvases=8)
 
 
 @dataclass
