@@ -110,6 +110,11 @@ def test_backbone_weights_come_from_a_patnet_train_checkpoint(tmp_path):
     assert torch.equal(model.backbone.body.model.patch_embed.proj.weight, trained.patch_embed.proj.weight)
     with pytest.raises(ValueError, match="hold a patnet_t0 model, not fasternet_t0"):
         tiny_detector("fasterrcnn", "fasternet_t0", backbone_weights=str(tmp_path / "cls"))
+    plain = tmp_path / "state_dict.pth"  # a plain weights file, as the authors' checkpoints are
+    torch.save(trained.state_dict(), plain)
+    from_file = tiny_detector("retinanet", "patnet_t0", backbone_weights=str(plain))
+    assert torch.equal(from_file.backbone.body.model.stages[3].blocks[0].mlp[0].weight,
+                       trained.stages[3].blocks[0].mlp[0].weight)
 
 
 # --- COCO data ---------------------------------------------------------------------------------------------
@@ -137,7 +142,7 @@ def box_ann(ann_id, image_id, category_id, bbox, **extra):
                 segmentation=polygon, **extra)
 
 
-def test_coco_targets_map_category_ids_clip_boxes_and_drop_crowds(tmp_path):
+def test_coco_targets_map_category_ids_clip_boxes_and_drop_crowds(tmp_path, recwarn):
     from pycocotools import mask as mask_utils
     rle = mask_utils.encode(np.asfortranarray(np.pad(np.ones((10, 10), np.uint8), ((5, 25), (30, 20)))))
     rle["counts"] = rle["counts"].decode("ascii")
@@ -168,6 +173,9 @@ def test_unusable_annotations_and_missing_images_are_skipped_with_a_count(tmp_pa
     assert "1 images whose file is missing" in message and "1 annotations of unknown images" in message
     assert "1 annotations of unknown categories" in message
     assert len(dataset) == 2 and dataset[1][1]["labels"].numel() == 0
+    outside = [box_ann(1, 1, 3, [70, 50, 5, 5]), box_ann(2, 1, 3, [1, 1, 5, 5])]
+    with pytest.warns(UserWarning, match="1 boxes of zero area inside the image"):
+        assert CocoDetection(write_coco(tmp_path / "b", annotations=outside), "val")[0][1]["labels"].tolist() == [1]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from patnet.layers import RelPosBias, euclidean_bucket_index
+from patnet.layers.rel_pos import SHAPES_KEPT
 
 
 def naive_bucket(drow, dcol, alpha=20, beta=40, gamma=160):
@@ -35,3 +36,12 @@ def test_bias_shape_and_per_module_cache():
     assert set(first._index_cache) == {(3, 5, "cpu")} and not second._index_cache
     first(5, 3)
     assert len(first._index_cache) == 2
+
+
+def test_caches_keep_only_the_most_recent_shapes():
+    bias = RelPosBias(num_heads=2)
+    for size in range(1, 20):
+        bias(size, size + 1)
+    assert len(bias._index_cache) == SHAPES_KEPT
+    assert (19, 20, "cpu") in bias._index_cache and (1, 2, "cpu") not in bias._index_cache
+    torch.testing.assert_close(bias(3, 4), RelPosBias(num_heads=2)(3, 4))

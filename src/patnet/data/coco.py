@@ -88,10 +88,19 @@ class CocoDetection(Dataset):
         skipped["annotations of unknown images"] += sum(a["image_id"] not in known for a in self.coco.anns.values())
         skipped["annotations of unknown categories"] += sum(
             a.get("category_id") not in self.label_of for a in self.coco.anns.values())
+        skipped["boxes of zero area inside the image"] += sum(self._box_is_empty(a) for a in self.coco.anns.values())
         self.skipped = +skipped
         _warn_skipped(annotation_file(root, split), self.skipped)
         if not self.image_ids:
             raise InvalidValueError(f"no image of {annotation_file(root, split)} was found in {self.image_dir}")
+
+    def _box_is_empty(self, ann: dict) -> bool:
+        """Whether a usable annotation's box has no area once clipped to its image (it is left out of targets)."""
+        info = self.coco.imgs.get(ann["image_id"])
+        if info is None or ann.get("category_id") not in self.label_of or ann.get("iscrowd", 0):
+            return False
+        box = clip_box(ann["bbox"], info["height"], info["width"])
+        return box[2] <= box[0] or box[3] <= box[1]
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -115,8 +124,7 @@ class CocoDetection(Dataset):
         for ann in self.coco.imgToAnns.get(image_id, []):
             if ann.get("iscrowd", 0) or ann.get("category_id") not in self.label_of:
                 continue
-            x, y, w, h = ann["bbox"]
-            box = [max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)]
+            box = clip_box(ann["bbox"], height, width)
             if box[2] <= box[0] or box[3] <= box[1]:
                 continue  # zero area once clipped to the image
             boxes.append(box)
@@ -159,6 +167,12 @@ class CocoDetection(Dataset):
         if self.flip > 0 and torch.rand(()) < self.flip:
             image, target = hflip(image, target)
         return image, target
+
+
+def clip_box(bbox: list[float], height: int, width: int) -> list[float]:
+    """COCO's ``[x, y, w, h]`` as ``[x0, y0, x1, y1]`` clipped to a ``height`` x ``width`` image."""
+    x, y, w, h = bbox
+    return [max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)]
 
 
 def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .rel_pos import remember
 from .stats import spatial_mean_std
 
 
@@ -80,8 +81,7 @@ class FusedPartialSelfAttn(nn.Module):
         if bias is None:
             with torch.no_grad():
                 bias = self.rel_pos(height, width).contiguous()
-            self._bias_cache[key] = bias
-        return bias
+        return remember(self._bias_cache, key, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, _, height, width = x.shape

@@ -13,6 +13,18 @@ import torch
 from torch import Tensor, nn
 
 
+SHAPES_KEPT = 8  # per-shape caches keep the most recently used map shapes (detection sees many sizes)
+
+
+def remember(cache: Dict, key, value: Tensor, limit: int = SHAPES_KEPT) -> Tensor:
+    """Store ``value`` under ``key`` in ``cache``, dropping the least recently stored entries beyond ``limit``."""
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > limit:
+        cache.pop(next(iter(cache)))
+    return value
+
+
 def euclidean_bucket_index(
         height: int,
         width: int,
@@ -37,8 +49,8 @@ class RelPosBias(nn.Module):
     """Learnable per-head bias table (zero-initialised) expanded to ``(1, heads, L, L)`` for any map.
 
     The bucket index depends only on (H, W); it is computed once per shape and device and kept in this
-    module (not in a global), so non-square and changing input sizes all work. TorchScript skips the
-    cache and recomputes the index.
+    module (not in a global; the last ``SHAPES_KEPT`` shapes), so non-square and changing input sizes all
+    work. TorchScript skips the cache and recomputes the index.
     """
 
     __jit_ignored_attributes__ = ["_index_cache"]
@@ -64,8 +76,7 @@ class RelPosBias(nn.Module):
         index = self._index_cache.get(key)
         if index is None:
             index = euclidean_bucket_index(height, width, self.alpha, self.beta, self.gamma, device).flatten()
-            self._index_cache[key] = index
-        return index
+        return remember(self._index_cache, key, index)
 
     def forward(self, height: int, width: int) -> Tensor:
         length = height * width
