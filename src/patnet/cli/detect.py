@@ -48,6 +48,8 @@ _TRAIN_OPTIONS = [
     (("--frozen-stages",), "frozen_stages", int, "freeze the stem (0) and that many stages; -1: none"),
     (("--norm-eval",), "norm_eval", "bool", "keep the backbone's BatchNorm statistics frozen"),
     (("--anchor-sizes",), "anchor_sizes", "int+", "anchor size per pyramid level"),
+    (("--box-head-dim",), "box_head_dim", int, "width of the R-CNN box head"),
+    (("--mask-head-layers",), "mask_head_layers", "int+", "widths of Mask R-CNN's mask-head convs"),
     (("--detector-kwargs",), "detector_kwargs", ParseKwargs, "torchvision detector arguments, KEY=VALUE ... "
                                                              "(e.g. box_detections_per_img=50)"),
     (("--hflip",), "hflip", float, "horizontal-flip probability"),

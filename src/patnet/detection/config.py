@@ -61,6 +61,8 @@ class DetectConfig:
     frozen_stages: int = -1
     norm_eval: bool = True
     anchor_sizes: tuple[int, ...] = DEFAULT_ANCHOR_SIZES
+    box_head_dim: int = 1024
+    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)
     detector_kwargs: dict[str, Any] = field(default_factory=dict)
     hflip: float = 0.5
     amp: bool = False
@@ -118,6 +120,9 @@ class DetectConfig:
         check(self.fpn_channels >= 8, "--fpn-channels", self.fpn_channels, "an integer >= 8")
         check(self.frozen_stages >= -1, "--frozen-stages", self.frozen_stages, "-1 (none), 0 (stem) or a stage count")
         check(all(s >= 1 for s in self.anchor_sizes), "--anchor-sizes", list(self.anchor_sizes), "positive sizes")
+        check(self.box_head_dim >= 1, "--box-head-dim", self.box_head_dim, "an integer >= 1")
+        check(len(self.mask_head_layers) >= 1 and min(self.mask_head_layers) >= 1, "--mask-head-layers",
+              list(self.mask_head_layers), "one or more positive widths")
         check(0 <= self.hflip <= 1, "--hflip", self.hflip, "a probability in [0, 1]")
         check(self.workers >= 0, "--workers", self.workers, "an integer >= 0")
 

@@ -46,6 +46,7 @@ def detector_metadata(config: DetectConfig, data: DetectionSplits) -> dict:
                 category_ids=data.category_ids, in_chans=config.data.in_chans, image_mean=list(config.data.mean),
                 image_std=list(config.data.std), levels=list(levels), fpn_channels=config.fpn_channels,
                 anchor_sizes=list(config.anchor_sizes), min_size=config.min_size, max_size=config.max_size,
+                box_head_dim=config.box_head_dim, mask_head_layers=list(config.mask_head_layers),
                 detector_kwargs=config.detector_kwargs, dataset=config.dataset, data_dir=str(data.root))
 
 
@@ -56,7 +57,8 @@ def build_model(config: DetectConfig, data: DetectionSplits, weights: bool = Tru
                           norm_eval=config.norm_eval, anchor_sizes=config.anchor_sizes, min_size=config.min_size,
                           max_size=config.max_size, image_mean=meta["image_mean"], image_std=meta["image_std"],
                           backbone_weights=config.backbone_weights if weights else None,
-                          backbone_kwargs=config.backbone_kwargs, **config.detector_kwargs)
+                          backbone_kwargs=config.backbone_kwargs, box_head_dim=config.box_head_dim,
+                          mask_head_layers=config.mask_head_layers, **config.detector_kwargs)
 
 
 def resume_detect_config(path: str | os.PathLike, **overrides) -> DetectConfig:

@@ -25,6 +25,7 @@ def detector_from_metadata(meta: dict) -> torch.nn.Module:
                           levels=meta["levels"], fpn_channels=meta["fpn_channels"], anchor_sizes=meta["anchor_sizes"],
                           min_size=meta["min_size"], max_size=meta["max_size"], image_mean=meta["image_mean"],
                           image_std=meta["image_std"], backbone_kwargs=meta["backbone_kwargs"],
+                          box_head_dim=meta["box_head_dim"], mask_head_layers=meta["mask_head_layers"],
                           **meta["detector_kwargs"])
 
 

@@ -17,6 +17,8 @@ from timm.models._features import FeatureGetterNet
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
@@ -116,12 +118,14 @@ def build_detector(arch: str, backbone: str, num_classes: int, *, in_chans: int 
                    norm_eval: bool = True, anchor_sizes: Sequence[int] = DEFAULT_ANCHOR_SIZES,
                    min_size: int = 800, max_size: int = 1333, image_mean: Sequence[float] | None = None,
                    image_std: Sequence[float] | None = None, backbone_weights: str | None = None,
-                   backbone_kwargs: dict | None = None, **detector_kwargs) -> nn.Module:
+                   backbone_kwargs: dict | None = None, box_head_dim: int = 1024,
+                   mask_head_layers: Sequence[int] = (256, 256, 256, 256), **detector_kwargs) -> nn.Module:
     """torchvision's ``arch`` detector for ``num_classes`` object classes on timm model ``backbone``.
 
     ``backbone_weights``: a ``patnet train`` checkpoint (run folder, checkpoint folder or its
-    ``model.safetensors``) or a state-dict file (e.g. an official PATNet checkpoint). ``detector_kwargs`` go
-    to torchvision's constructor (e.g. ``box_detections_per_img``).
+    ``model.safetensors``) or a state-dict file (e.g. an official PATNet checkpoint). ``box_head_dim`` and
+    ``mask_head_layers`` size the R-CNN heads (torchvision's defaults: 1024 and four 256-wide convs).
+    ``detector_kwargs`` go to torchvision's constructor (e.g. ``box_detections_per_img``).
     """
     if arch not in ARCHS:
         raise InvalidValueError(f"unknown detector {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -145,18 +149,26 @@ def build_detector(arch: str, backbone: str, num_classes: int, *, in_chans: int 
     if arch == "retinanet":
         return RetinaNet(body, num_classes + 1, anchor_generator=anchors, **common)
     names = [str(i) for i in range(len(levels))]
-    box_pool = MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2)
+    box = dict(box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
+               box_head=TwoMLPHead(fpn_channels * 7 * 7, box_head_dim),
+               box_predictor=FastRCNNPredictor(box_head_dim, num_classes + 1))
     if arch == "fasterrcnn":
-        return FasterRCNN(body, num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=box_pool, **common)
-    mask_pool = MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2)
-    return MaskRCNN(body, num_classes + 1, rpn_anchor_generator=anchors, box_roi_pool=box_pool,
-                    mask_roi_pool=mask_pool, **common)
+        return FasterRCNN(body, None, rpn_anchor_generator=anchors, **box, **common)
+    if not mask_head_layers or min(mask_head_layers) < 1:
+        raise InvalidValueError(f"mask_head_layers must list positive widths, got {list(mask_head_layers)}")
+    mask = dict(mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
+                mask_head=MaskRCNNHeads(fpn_channels, list(mask_head_layers), dilation=1),
+                mask_predictor=MaskRCNNPredictor(mask_head_layers[-1], mask_head_layers[-1], num_classes + 1))
+    return MaskRCNN(body, None, rpn_anchor_generator=anchors, **box, **mask, **common)
 
 
-def detector_input_check(images: list[Tensor], in_chans: int) -> None:
-    """One-line errors for inputs torchvision would fail on deep inside."""
-    if not isinstance(images, (list, tuple)) or not all(torch.is_tensor(i) and i.dim() == 3 for i in images):
-        raise InvalidValueError("a detector takes a list of C x H x W image tensors")
-    if any(image.shape[0] != in_chans for image in images):
-        raise InvalidValueError(f"the detector's backbone takes {in_chans}-channel images, got "
-                                f"{sorted({image.shape[0] for image in images})}")
+def deploy_detector(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` whose backbone is in its deployment form (``patnet.deploy``: BatchNorms
+    folded; the FPN and heads have none), for timing and inference."""
+    import copy
+
+    from ..deploy import deploy
+
+    deployed = copy.deepcopy(model).eval()
+    deployed.backbone.body = deploy(deployed.backbone.body)
+    return deployed
