@@ -11,6 +11,8 @@ choice is a keyword argument. Importing this module registers ``patnet_t0 ... pa
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
@@ -37,9 +39,91 @@ from ..layers import PartialChannelAttn, PartialConv, PartialSelfAttn, PartialSp
 from ..layers.folding import conv_with_bias, in_place
 from ..layers.fused import FusedMlp
 
-__all__ = ["PATNet", "checkpoint_filter_fn"]
+__all__ = ["PATNet", "checkpoint_filter_fn", "read_weights_file"]
 
 MIXERS = ("pconv", "pat_ch", "pat_sf")
+POOLS = ("avg", "max", "avgmax", "fast", "")  # "catavgmax" doubles the width conv_head reads: not supported
+
+
+def _check_int(name: str, value: Any, minimum: int, hint: str = "") -> int:
+    """``value`` as an int, or a one-line error naming ``name``: an integer (not a bool or 1.7) >= ``minimum``."""
+    hint = f"; {hint}" if hint else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidTypeError(f"{name}={value!r} is invalid: expected an integer >= {minimum}{hint}")
+    if value < minimum:
+        raise InvalidValueError(f"{name}={value!r} is invalid: expected an integer >= {minimum}{hint}")
+    return int(value)
+
+
+def _check_real(name: str, value: Any, expected: str, low: float, high: float = math.inf,
+                low_open: bool = False) -> None:
+    """A one-line error naming ``name`` unless ``value`` is a finite number in ``[low, high)`` (``(low, high)``
+    with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidTypeError(f"{name}={value!r} is invalid: expected {expected}")
+    if not (math.isfinite(value) and (low < value if low_open else low <= value) and value < high):
+        raise InvalidValueError(f"{name}={value!r} is invalid: expected {expected}")
+
+
+def _check_depths(depths: Any) -> Tuple[int, ...]:
+    """Blocks per stage: a list of integers >= 1 (1.7 is refused, not rounded down)."""
+    message = f"depths={depths!r} is invalid: expected a list of integers >= 1, one per stage, e.g. (2, 2, 6, 4)"
+    if isinstance(depths, (str, bytes)) or not isinstance(depths, Sequence) or len(depths) < 1:
+        raise InvalidTypeError(message)
+    if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in depths):
+        raise InvalidTypeError(message)
+    if min(depths) < 1:
+        raise InvalidValueError(message)
+    return tuple(int(d) for d in depths)
+
+
+def _check_mixers(mixers: Any, num_stages: int) -> Tuple[str, ...]:
+    """One mixer name per stage; default PAT_ch everywhere but the last stage, which uses PAT_sf."""
+    if mixers is None:
+        return ("pat_ch",) * (num_stages - 1) + ("pat_sf",)
+    message = f"mixers must give one of {MIXERS} for each of the {num_stages} stages, got {mixers!r}"
+    if isinstance(mixers, str) or not isinstance(mixers, Sequence):
+        raise InvalidTypeError(message)
+    if len(mixers) != num_stages or any(m not in MIXERS for m in mixers):
+        raise InvalidValueError(message)
+    return tuple(mixers)
+
+
+def _check_head(num_classes: Any, global_pool: Any, feature_dim: Any, num_heads: Any) -> None:
+    """The classifier's class count (0: no classifier), a pooling ``conv_head`` can read, and the head widths."""
+    _check_int("num_classes", num_classes, 0, "0 builds a feature extractor without a classifier")
+    if global_pool not in POOLS:
+        raise InvalidValueError(f"global_pool={global_pool!r} is invalid: choose one of {POOLS}")
+    if global_pool == "" and num_classes > 0:
+        raise InvalidValueError("global_pool='' (no pooling) gives unpooled feature maps, which a classifier cannot "
+                                "take; pass num_classes=0 with it, or keep global_pool='avg'")
+    _check_int("feature_dim", feature_dim, 1)
+    _check_int("num_heads", num_heads, 1)
+
+
+def _check_widths(in_chans: Any, embed_dim: Any, patch_size: Any, patch_stride: Any, n_div: Any, mlp_ratio: Any,
+                  mixers: Tuple[str, ...], spatial_attn: Any) -> int:
+    """The stem and channel splits: every part of every stage keeps at least one channel (stage 1 is the
+    narrowest). Returns the stem stride (the kernel size when ``patch_stride`` is None)."""
+    _check_int("in_chans", in_chans, 1, "the number of image channels, e.g. 3 for RGB")
+    _check_int("embed_dim", embed_dim, 1)
+    _check_int("patch_size", patch_size, 1)
+    patch_stride = patch_size if patch_stride is None else _check_int("patch_stride", patch_stride, 1)
+    _check_int("n_div", n_div, 1, "a mixer convolves 1/n_div of the channels, e.g. 4")
+    _check_real("mlp_ratio", mlp_ratio, "a positive number, e.g. 2", 0.0, low_open=True)
+    if not isinstance(spatial_attn, bool):
+        raise InvalidTypeError(f"spatial_attn={spatial_attn!r} is invalid: expected True or False")
+    if n_div < 2 and any(m != "pconv" for m in mixers):
+        raise InvalidValueError(f"n_div={n_div} leaves no channel for the attention of the "
+                                f"{', '.join(sorted(set(mixers) - {'pconv'}))} stages; use n_div >= 2, or mixers of "
+                                "'pconv' only")
+    if int(embed_dim * mlp_ratio) < 1:
+        raise InvalidValueError(f"mlp_ratio={mlp_ratio!r} gives an MLP of no channel at width {embed_dim}; "
+                                f"use mlp_ratio >= {1 / embed_dim:g}")
+    if spatial_attn and embed_dim < 2:
+        raise InvalidValueError(f"spatial_attn=True splits the width in two, but embed_dim={embed_dim}; "
+                                "use embed_dim >= 2")
+    return patch_stride
 
 
 class ConvMlp(nn.Sequential):
@@ -225,18 +309,16 @@ class PATNet(nn.Module):
         """
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        depths = tuple(int(d) for d in depths)
+        depths = _check_depths(depths)
         num_stages = len(depths)
-        if num_stages < 1 or min(depths) < 1:
-            raise InvalidValueError(f"depths must list at least one block per stage, got {depths}")
-        mixers = tuple(mixers) if mixers is not None else ("pat_ch",) * (num_stages - 1) + ("pat_sf",)
-        if len(mixers) != num_stages or any(m not in MIXERS for m in mixers):
-            raise InvalidValueError(f"mixers must give one of {MIXERS} for each of the {num_stages} stages, "
-                                    f"got {mixers}")
-        if embed_dim < 1:
-            raise InvalidValueError(f"embed_dim must be positive, got {embed_dim}")
+        mixers = _check_mixers(mixers, num_stages)
+        patch_stride = _check_widths(in_chans, embed_dim, patch_size, patch_stride, n_div, mlp_ratio, mixers,
+                                     spatial_attn)
+        _check_head(num_classes, global_pool, feature_dim, num_heads)
+        for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate), ("attn_drop", attn_drop),
+                           ("proj_drop", proj_drop)):
+            _check_real(name, rate, "a rate in [0, 1)", 0.0, 1.0)
         act_layer = _resolve_act_layer(act_layer)
-        patch_stride = patch_size if patch_stride is None else patch_stride
 
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -297,6 +379,8 @@ class PATNet(nn.Module):
         return self.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        _check_head(num_classes, self.global_pool.pool_type if global_pool is None else global_pool,
+                    self.head_hidden_size, 1)
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
@@ -324,6 +408,18 @@ class PATNet(nn.Module):
             raise InvalidValueError(f"input of {x.shape[2]}x{x.shape[3]} is too small: this network needs at "
                                     f"least {smallest}x{smallest}; resize the images or use a smaller "
                                     "patch_size/patch_stride")
+        if not torch.jit.is_scripting():
+            self._check_dtype(x)
+
+    @torch.jit.unused
+    def _check_dtype(self, x: Tensor) -> None:
+        """Outside autocast the input must have the weights' dtype (float64 or bfloat16 input to a float32
+        model would fail deep inside a convolution)."""
+        expected = next(self.parameters()).dtype
+        if x.dtype != expected and not torch.is_autocast_enabled(x.device.type):
+            raise InvalidTypeError(f"expected a {expected} input (the dtype of the model's weights), got {x.dtype}; "
+                                   f"convert it with x.to({expected}), the model with model.to({x.dtype}), or run "
+                                   "under torch.autocast")
 
     def forward_intermediates(
             self,
@@ -443,6 +539,36 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _load_failure_reason(exc: Exception) -> str:
+    """The first sentence of ``exc``'s message on one line, shortened at a word boundary if long."""
+    text = " ".join(str(exc).split())
+    sentence = text.split(". ")[0].rstrip(".")
+    if len(sentence) > 160:
+        sentence = sentence[:160].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
+
+
+def read_weights_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The state dict in ``path`` (a torch file, read with ``weights_only=True``, or safetensors).
+
+    A missing, corrupt or code-carrying file is a one-line error that names it; nothing in it is executed.
+    """
+    if not os.path.isfile(path):
+        raise MissingFileError(f"checkpoint not found: {path}")
+    try:
+        return load_state_dict(str(path), weights_only=True)
+    except Exception as exc:  # torch, pickle, zipfile and safetensors each raise their own type for a bad file
+        root = exc
+        while (root.__cause__ or root.__context__) is not None:  # timm and torch wrap the unpickler's own error
+            root = root.__cause__ or root.__context__
+        if "unsupported global" in str(root).lower():  # the weights-only unpickler refused to import code
+            raise InvalidValueError(f"refusing to load {path}: it is not a plain weights file (unpickling it would run "
+                                    "code from the file); re-save it as a state dict or as safetensors") from exc
+        raise InvalidValueError(f"could not read checkpoint {path} (corrupt or not a weights file: "
+                                f"{_load_failure_reason(root)}); pass a state dict saved with torch.save or a "
+                                ".safetensors file") from exc
+
+
 def _read_checkpoint(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Read the local checkpoint named by ``pretrained_cfg_overlay['file']`` safely (weights only).
 
@@ -452,19 +578,10 @@ def _read_checkpoint(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     path = overlay.pop("file", None)
-    if not path:
+    if not path and "state_dict" not in overlay:
         raise InvalidValueError(f"no pretrained weights are hosted for {variant}; pass a local checkpoint with "
                                 f"pretrained_cfg_overlay=dict(file=PATH)")
-    if not os.path.isfile(path):
-        raise MissingFileError(f"checkpoint not found: {path}")
-    try:
-        state_dict = load_state_dict(path, weights_only=True)
-    except Exception as exc:  # torch, pickle, zipfile and safetensors each raise their own type for a bad file
-        if "unsupported global" in str(exc).lower():  # the weights-only unpickler names the code it refused to import
-            raise InvalidValueError(f"refusing to load {path}: it is not a plain weights file (unpickling it would run "
-                                    f"code from the file); re-save it as a state dict or as safetensors") from exc
-        raise InvalidValueError(f"could not read checkpoint {path} (corrupt or not a weights file): "
-                                f"{' '.join(str(exc).split())[:200]}") from exc
+    state_dict = overlay["state_dict"] if "state_dict" in overlay else read_weights_file(path)
     classifier = checkpoint_filter_fn(state_dict, None).get("classifier.weight")
     if classifier is not None and "num_classes" not in overlay:
         overlay["num_classes"] = classifier.shape[0]
@@ -472,22 +589,45 @@ def _read_checkpoint(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return overlay
 
 
+def _from_model_source(kwargs: Dict[str, Any]) -> bool:
+    """Whether timm resolved the weights' location itself (``local-dir:``/``hf-hub:`` model names)."""
+    cfg = kwargs.get("pretrained_cfg")
+    return isinstance(cfg, dict) and cfg.get("source") in ("local-dir", "hf-hub")
+
+
+def _feature_indices(kwargs: Dict[str, Any]) -> Tuple[int, ...]:
+    """Every stage's index (the default ``out_indices``); with ``features_only``, explicit ``out_indices`` must
+    name stages the model has."""
+    depths = kwargs.get("depths")
+    num_stages = len(depths) if isinstance(depths, Sequence) else 4
+    every = tuple(range(num_stages))
+    out_indices = kwargs.get("out_indices", every)
+    if kwargs.get("features_only"):
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        if not indices or any(not isinstance(i, int) or not -num_stages <= i < num_stages for i in indices):
+            raise InvalidValueError(f"features_only: out_indices={out_indices!r} names stages this model lacks: "
+                                    f"depths={tuple(depths)} gives {num_stages} stage(s); pass out_indices within "
+                                    f"{every}")
+    return every
+
+
 def _create_patnet(variant: str, pretrained: bool = False, **kwargs: Any) -> PATNet:
-    if pretrained:
+    if pretrained and not _from_model_source(kwargs):
         kwargs["pretrained_cfg_overlay"] = _read_checkpoint(variant, kwargs)
     try:
         return build_model_with_cfg(
             PATNet, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+            feature_cfg=dict(out_indices=_feature_indices(kwargs), feature_cls="getter"),
             **kwargs,
         )
     except RuntimeError as exc:
         message = " ".join(str(exc).split())
         if not pretrained or "Error(s) in loading state_dict" not in message:
             raise
-        raise InvalidValueError(f"the checkpoint does not fit {variant} with the given arguments: {message[:400]}; "
-                                f"pass the architecture keywords it was trained with") from exc
+        raise InvalidValueError(f"the checkpoint does not fit {variant} with the given arguments: "
+                                f"{_load_failure_reason(exc)}; pass the architecture keywords it was trained "
+                                "with") from exc
 
 
 @register_model
