@@ -1,6 +1,6 @@
 """The project's user-error types: bad input whose message says what is wrong and how to fix it.
 
-Each is also the matching built-in (``ValueError``, ``TypeError``, ``FileNotFoundError``), so callers
+Each is also the matching built-in (``ValueError``, ``TypeError``, ``FileNotFoundError``, ``OSError``), so callers
 that catch those keep working. The ``patnet`` command prints a :class:`UserError` as one line and
 exits 2; anything else is a bug and keeps its traceback.
 """
@@ -21,3 +21,7 @@ class InvalidTypeError(UserError, TypeError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class UnwritablePathError(UserError, OSError):
+    """A path that cannot be written: full disk, read-only or foreign folder, a file where a folder should be."""
