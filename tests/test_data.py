@@ -118,3 +118,31 @@ def test_transforms_give_the_requested_size(name, img_size, channels):
 def test_folder_dataset_needs_data_dir():
     with pytest.raises(ValueError, match="needs --data-dir"):
         build_dataset("folder", "val", None, 32)
+
+
+def save_truncated_jpeg(path) -> None:
+    """A JPEG cut in half: its header is intact, so the scan's verify() passes and decoding fails."""
+    pixels = (np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_an_image_that_fails_to_decode_is_skipped_counted_and_replaced(tmp_path):
+    make_folder(tmp_path, {"cat": 1, "dog": 1})
+    save_truncated_jpeg(tmp_path / "cat" / "1.jpg")
+    dataset = ImageFolderDataset(tmp_path)
+    assert (len(dataset), dataset.skipped) == (3, [])
+    with pytest.warns(UserWarning, match=r"skipped unreadable image .*cat/1.jpg .*truncated.*\(1 skipped in"):
+        image, label = dataset[1]
+    assert (image.size, label) == ((12, 10), 1)  # the next sample (dog/0.png) took its place
+    assert [path for path, _ in dataset.skipped] == [str(tmp_path / "cat" / "1.jpg")]
+    assert dataset[1][1] == 1 and len(dataset.skipped) == 1  # known bad: skipped again without a second warning
+
+
+def test_a_folder_where_nothing_decodes_is_one_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    save_truncated_jpeg(tmp_path / "a" / "0.jpg")
+    dataset = ImageFolderDataset(tmp_path)
+    with pytest.raises(ValueError, match="none of the 1 images under .* can be decoded"), pytest.warns(UserWarning):
+        dataset[0]

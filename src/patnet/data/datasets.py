@@ -26,8 +26,16 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+SPLITS = ("train", "val")
 # IDX type code 0x08 is unsigned byte, the only type Fashion-MNIST uses.
 _IDX_UBYTE = 0x08
+
+
+def check_split(split: str) -> None:
+    """A one-line error unless ``split`` is "train" or "val" (any other name used to mean val silently)."""
+    if split not in SPLITS:
+        raise InvalidValueError(f"split {split!r} is invalid: choose 'train' or 'val' (Fashion-MNIST's test images "
+                                "are its 'val' split)")
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -74,6 +82,7 @@ class ArrayImageDataset(Dataset):
 
 def fashion_mnist(split: str, root: str | os.PathLike | None = None, transform=None) -> ArrayImageDataset:
     """Fashion-MNIST ``split`` ("train": 60k images, "val": the 10k test images) from ``root``."""
+    check_split(split)
     root = Path(root) if root is not None else FASHION_MNIST_DIR
     image_file, label_file = (root / name for name in FASHION_MNIST_FILES[split])
     for path in (image_file, label_file):
@@ -90,6 +99,7 @@ def synthetic(split: str, num_classes: int = 4, per_class: int = 32, size: int =
 
     The class patterns depend only on ``seed``; the samples of "train" and "val" are drawn independently.
     """
+    check_split(split)
     patterns = np.random.default_rng(seed).random((num_classes, size // 4, size // 4))
     patterns = np.kron(patterns, np.ones((4, 4)))[:, :size, :size]
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
@@ -102,6 +112,10 @@ def synthetic(split: str, num_classes: int = 4, per_class: int = 32, size: int =
     return ArrayImageDataset(images, labels, [f"class_{k}" for k in range(num_classes)], transform)
 
 
+# What PIL raises for a file it cannot decode (truncated data raises OSError; bad headers SyntaxError/ValueError).
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def _unreadable_reason(path: str) -> str | None:
     """Why ``path`` cannot be used as an image (empty, not an image, corrupt), or None when it can."""
     if os.path.getsize(path) == 0:
@@ -109,13 +123,16 @@ def _unreadable_reason(path: str) -> str | None:
     try:
         with Image.open(path) as image:
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except _DECODE_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
 class ImageFolderDataset(Dataset):
-    """``root/<class>/<image>`` files; empty or corrupt image files are skipped, counted and warned about.
+    """``root/<class>/<image>`` files; unreadable image files are skipped, counted and warned about whenever
+    they are found: empty or corrupt ones when the folder is scanned, ones that fail to decode (a truncated
+    JPEG passes the scan) when loaded, where the next readable sample takes their place so an epoch never
+    stops. ``skipped`` lists ``(path, reason)`` pairs (in this process: data-loader workers keep their own).
 
     ``classes`` fixes the class list (and order), e.g. the training split's for the validation split.
     """
@@ -149,23 +166,40 @@ class ImageFolderDataset(Dataset):
         if not self.samples:
             raise InvalidValueError(f"no readable images ({', '.join(IMG_EXTENSIONS)}) found under "
                                     f"{root}/<class name>/")
-        self.transform, self.mode = transform, mode
+        self.transform, self.mode, self.root = transform, mode, root
+        self._undecodable: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = image.convert(self.mode)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        if not -len(self.samples) <= index < len(self.samples):
+            raise IndexError(f"index {index} is out of range for {len(self.samples)} images")  # ends iteration
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            if path in self._undecodable:
+                continue
+            try:
+                with Image.open(path) as image:
+                    image = image.convert(self.mode)
+            except _DECODE_ERRORS as exc:
+                self._skip_undecodable(path, exc)
+                continue
+            return (self.transform(image) if self.transform is not None else image), label
+        raise InvalidValueError(f"none of the {len(self.samples)} images under {self.root} can be decoded; "
+                                "check the files")
+
+    def _skip_undecodable(self, path: str, exc: Exception) -> None:
+        self._undecodable.add(path)
+        self.skipped.append((path, f"{type(exc).__name__}: {exc}"))
+        warnings.warn(f"skipped unreadable image {path} ({type(exc).__name__}: {exc}); the next image takes its "
+                      f"place ({len(self.skipped)} skipped in {self.root} so far)", stacklevel=2)
 
 
 def image_folder_split(root: str | os.PathLike, split: str, mode: str = "RGB") -> ImageFolderDataset:
     """Split ``split`` ("train" or "val") of an image-folder dataset at ``root``; the class list (and so the
     class indices) always comes from ``root/train``."""
+    check_split(split)
     root = Path(root)
     missing = [name for name in dict.fromkeys(("train", split)) if not (root / name).is_dir()]
     if missing:
