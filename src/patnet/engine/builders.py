@@ -5,21 +5,23 @@
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_class
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..data import build_dataset, dataset_info
+from ..device import check_memory, forward_bytes, is_out_of_memory, out_of_memory_errors
 from ..errors import InvalidValueError
 from ..models import create_model
-from .config import TrainConfig
+from .config import TrainConfig, optimizer_info
 from .distributed import DistContext, ShardSampler
 
 
@@ -33,10 +35,20 @@ class TrainData:
     img_size: int
 
     def metadata(self, config: TrainConfig) -> dict[str, Any]:
-        """What ``patnet eval``/``predict`` need to rebuild the model and its transform."""
+        """What ``patnet eval``/``predict`` (and timm, through config.json) need to rebuild the model and its
+        transform."""
         return dict(model=config.model, model_kwargs=model_kwargs(config), num_classes=len(self.classes),
                     in_chans=self.in_chans, class_names=self.classes, dataset=config.dataset,
-                    img_size=self.img_size)
+                    img_size=self.img_size, data_config=data_config(config.dataset))
+
+
+def data_config(dataset: str) -> dict[str, Any]:
+    """How the evaluation transform of ``dataset`` (``patnet.data.transforms``) prepares an image, in timm's
+    terms: photos are resized (bicubic) and centre-cropped at 0.9, small images squashed to size (bilinear)."""
+    info = dataset_info(dataset)
+    resize = (dict(interpolation="bicubic", crop_pct=0.9, crop_mode="center") if info.photos
+              else dict(interpolation="bilinear", crop_pct=1.0, crop_mode="squash"))
+    return dict(mean=list(info.mean), std=list(info.std), **resize)
 
 
 def build_data(config: TrainConfig) -> TrainData:
@@ -68,15 +80,29 @@ def build_model(config: TrainConfig, data: TrainData) -> torch.nn.Module:
 
 
 def check_input_size(model: torch.nn.Module, in_chans: int, img_size: int) -> None:
-    """Run two blank images through ``model`` so that an input size it cannot take fails now, with advice."""
+    """Run two blank images through ``model`` (when they fit in memory) so that an input size it cannot take
+    fails now, with advice."""
     model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(2, in_chans, img_size, img_size))
-    except (RuntimeError, ValueError, AssertionError) as exc:  # timm checks input sizes with assert
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidValueError(f"the model cannot take {img_size}x{img_size} images ({reason}); raise --img-size "
-                                "or make the stem smaller with --patch-size/--patch-stride") from None
+    what, fix = f"a forward pass over two {img_size}x{img_size} images", "lower --img-size"
+    check_memory(forward_bytes(model, 2, in_chans, img_size, img_size), torch.device("cpu"), what, fix)
+    with out_of_memory_errors(what, fix):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(2, in_chans, img_size, img_size))
+        except (RuntimeError, ValueError, AssertionError) as exc:  # timm checks input sizes with assert
+            if is_out_of_memory(exc):
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidValueError(f"the model cannot take {img_size}x{img_size} images ({reason}); raise "
+                                    "--img-size or make the stem smaller with --patch-size/--patch-stride") from None
+
+
+def check_batch_memory(model: torch.nn.Module, config: TrainConfig, data: TrainData, device: torch.device) -> None:
+    """Refuse, before training starts, a batch whose forward pass alone cannot fit on ``device``."""
+    size = data.img_size
+    check_memory(forward_bytes(model, config.batch_size, data.in_chans, size, size), device,
+                 f"training on batches of {config.batch_size} images of {size}x{size}",
+                 "lower -b/--batch-size or --img-size")
 
 
 def place_model(model: torch.nn.Module, config: TrainConfig, ctx: DistContext) -> torch.nn.Module:
@@ -120,13 +146,33 @@ def learning_rate(config: TrainConfig, global_batch: int) -> float:
     return config.lr if config.lr is not None else config.lr_base * global_batch / 256
 
 
+def momentum_arguments(opt: str, momentum: float | None) -> dict[str, Any]:
+    """``--momentum`` as optimizer ``opt`` takes it: ``momentum`` for SGD-like optimizers, the first of the
+    ``betas`` (the rest kept at the optimizer's defaults) for Adam-like ones, nothing when it is None."""
+    if momentum is None:
+        return {}
+    info = optimizer_info(opt)
+    if info.has_momentum:
+        return dict(momentum=momentum)
+    defaults = (info.defaults or {}).get("betas")
+    if defaults is None:
+        defaults = inspect.signature(get_optimizer_class(info, bind_defaults=False)).parameters["betas"].default
+    return dict(betas=(momentum, *tuple(defaults or ())[1:]))  # Adafactor's default None: it reads beta1 only
+
+
 def build_optimization(config: TrainConfig, model: torch.nn.Module, global_batch: int, steps_per_epoch: int):
     """timm's optimizer and per-step scheduler (warm-up, then ``--sched``) for the run."""
-    optimizer = create_optimizer_v2(model, opt=config.opt, lr=learning_rate(config, global_batch),
-                                    weight_decay=config.weight_decay, momentum=config.momentum)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=config.sched, num_epochs=config.epochs, warmup_epochs=config.warmup_epochs,
-        warmup_lr=config.warmup_lr, min_lr=config.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    try:
+        optimizer = create_optimizer_v2(model, opt=config.opt, lr=learning_rate(config, global_batch),
+                                        weight_decay=config.weight_decay,
+                                        **momentum_arguments(config.opt, config.momentum))
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=config.sched, num_epochs=config.epochs, warmup_epochs=config.warmup_epochs,
+            warmup_lr=config.warmup_lr, min_lr=config.min_lr, step_on_epochs=False,
+            updates_per_epoch=steps_per_epoch)
+    except (ValueError, TypeError, AssertionError, ImportError) as exc:  # torch's and timm's own argument checks
+        raise InvalidValueError(f"--opt {config.opt} / --sched {config.sched} cannot be set up with these "
+                                f"values: {' '.join(str(exc).split())}") from None
     return optimizer, scheduler
 
 

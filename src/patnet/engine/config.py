@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from timm.data import rand_augment_transform
+from timm.optim import OptimInfo, get_optimizer_info
 
-from ..errors import InvalidValueError
+from ..errors import InvalidTypeError, InvalidValueError
+
+# The meaning of a stored config: 1 (no version stored) had momentum 0.9 by default, which timm used only for
+# optimizers with a momentum; 2: momentum None is the optimizer's own default, and sets Adam-like beta1.
+CONFIG_VERSION = 2
+# timm's schedulers that step per update; "plateau" needs a metric per epoch and "none" leaves no schedule.
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "wsd", "rsqrt", "constant")
+_FLAGS = {"batch_size": "-b/--batch-size", "workers": "-j/--workers"}  # fields whose flag is not --field-name
 
 
 @dataclass
@@ -26,7 +38,7 @@ class TrainConfig:
     opt: str = "adamw"
     lr: float | None = None  # None: lr_base * global batch / 256
     lr_base: float = 2e-3
-    momentum: float = 0.9
+    momentum: float | None = None  # None: the optimizer's own; SGD-like: momentum, Adam-like: beta1
     weight_decay: float = 0.05
     clip_grad: float | None = None
     sched: str = "cosine"
@@ -61,7 +73,9 @@ class TrainConfig:
         return cls(**values)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad value and what would be accepted."""
+        """Raise a one-line error naming the first bad value and what would be accepted."""
+        _check_types(self)
+
         def check(ok: bool, flag: str, value: Any, expected: str) -> None:
             if not ok:
                 raise InvalidValueError(f"{flag} {value!r} is invalid: expected {expected}")
@@ -74,6 +88,8 @@ class TrainConfig:
         check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, "a number >= 0")
         check(0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs", self.warmup_epochs,
               f"a number in [0, --epochs={self.epochs}]")
+        for flag, value in (("--warmup-lr", self.warmup_lr), ("--min-lr", self.min_lr)):
+            check(value >= 0, flag, value, "a learning rate >= 0")
         check(0 <= self.smoothing < 1, "--smoothing", self.smoothing, "a number in [0, 1)")
         check(self.mixup >= 0, "--mixup", self.mixup, "an alpha >= 0 (0 disables mixup)")
         check(self.cutmix >= 0, "--cutmix", self.cutmix, "an alpha >= 0 (0 disables cutmix)")
@@ -88,8 +104,84 @@ class TrainConfig:
         check(self.clip_grad is None or self.clip_grad > 0, "--clip-grad", self.clip_grad, "a positive norm")
         check(0 < self.model_ema_decay < 1, "--model-ema-decay", self.model_ema_decay, "a number in (0, 1)")
         check(self.workers >= 0, "--workers", self.workers, "an integer >= 0")
+        check(0 <= self.seed < 2 ** 31, "--seed", self.seed, "an integer in [0, 2**31)")
         check(self.aa is None or _is_rand_augment(self.aa), "--aa", self.aa,
               "a timm RandAugment policy such as rand-m9-mstd0.5-inc1")
+        _check_schedule(self)
+        optimizer_info(self.opt)
+        _check_momentum(self.opt, self.momentum)
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of config field ``name``."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has type ``hint`` (an int is a float, a bool is not a number)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    hint = typing.get_origin(hint) or hint
+    if hint is type(None):
+        return value is None
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if hint is float else hint)
+
+
+def _describe(hint: Any) -> str:
+    """``int | None`` as "an int or None"."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    hint = typing.get_origin(hint) or hint
+    names = {type(None): "None", int: "an integer", float: "a number", str: "a string", bool: "True or False"}
+    return names.get(hint, f"a {hint.__name__}")
+
+
+def _check_types(config: "TrainConfig") -> None:
+    """Each field of the hinted type, every number finite, model_kwargs storable as JSON (checkpoints keep it)."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        if not _fits(value, hint):
+            raise InvalidTypeError(f"{_flag(name)} {value!r} is invalid: expected {_describe(hint)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidValueError(f"{_flag(name)} {value!r} is invalid: expected a finite number")
+    try:
+        json.dumps(config.model_kwargs, allow_nan=False)
+    except (TypeError, ValueError):
+        raise InvalidValueError(f"--model-kwargs {config.model_kwargs!r} is invalid: expected plain values (numbers, "
+                                "strings, lists), e.g. act_layer='gelu' rather than a class") from None
+    if not all(isinstance(key, str) for key in config.model_kwargs):
+        raise InvalidTypeError(f"--model-kwargs {config.model_kwargs!r} is invalid: expected keyword names as keys")
+
+
+def _check_schedule(config: "TrainConfig") -> None:
+    if config.sched not in SCHEDULES:
+        raise InvalidValueError(f"--sched {config.sched!r} is invalid: choose one of {', '.join(SCHEDULES)} "
+                                "(timm's schedulers that step per update)")
+    if config.sched in ("wsd", "rsqrt") and config.warmup_epochs >= config.epochs:
+        raise InvalidValueError(f"--sched {config.sched} needs --warmup-epochs ({config.warmup_epochs}) below "
+                                f"--epochs ({config.epochs}): its decay phase follows the warm-up")
+
+
+def optimizer_info(opt: str) -> OptimInfo:
+    """timm's description of optimizer ``opt`` (a ``lookahead_`` prefix allowed); unknown names are an error."""
+    try:
+        return get_optimizer_info(opt.lower().split("_")[-1])
+    except ValueError:
+        raise InvalidValueError(f"--opt {opt!r} is not a timm optimizer; e.g. adamw, sgd, lamb "
+                                "(timm.optim.list_optimizers() lists them)") from None
+
+
+def _check_momentum(opt: str, momentum: float | None) -> None:
+    if momentum is None:
+        return
+    if not 0 <= momentum < 1:
+        raise InvalidValueError(f"--momentum {momentum!r} is invalid: expected a number in [0, 1)")
+    info = optimizer_info(opt)
+    if not (info.has_momentum or info.has_betas):
+        raise InvalidValueError(f"--momentum does not apply to --opt {opt}, which has neither momentum nor betas; "
+                                "drop --momentum")
 
 
 def _is_rand_augment(policy: str) -> bool:
@@ -123,6 +215,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-m": _paper_recipe("m", 0.05, 0.2, "rand-m7-mstd0.5-inc1", 0.5, 1.0),
     "paper-l": _paper_recipe("l", 0.05, 0.3, "rand-m7-mstd0.5-inc1", 0.7, 0.01),
 }
+
+
+def upgrade_config(values: dict[str, Any], version: int = 1) -> dict[str, Any]:
+    """A config dict stored under :data:`CONFIG_VERSION` ``version``, in today's terms (the same run)."""
+    values = dict(values)
+    if version < 2 and values.get("momentum") is not None:
+        info = optimizer_info(values.get("opt", TrainConfig.opt))
+        if not info.has_momentum:  # timm ignored it for these: their own default was used
+            values["momentum"] = None
+    return values
 
 
 def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:

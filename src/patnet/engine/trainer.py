@@ -4,6 +4,9 @@ DDP under ``torchrun``, and resumable checkpoints.
 Resume semantics: checkpoints are written at the end of each epoch, with every process's RNG states.
 A run stopped at any moment (even SIGKILL mid-epoch) and resumed from ``last`` repeats the interrupted
 epoch from its start and, on the same machine and thread count, reaches bit-identical weights and metrics.
+A run resumes in the folder that holds its checkpoint now (it may have been moved). An epoch whose weights
+or validation loss are not finite stops the run before anything of it is written; a checkpoint that cannot
+be written (full disk, read-only folder) stops it with the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ import torch
 from timm.utils import distribute_bn, random_seed
 from tqdm import tqdm
 
-from ..errors import InvalidValueError
+from ..device import out_of_memory_errors
+from ..errors import InvalidTypeError, InvalidValueError, UnwritablePathError
+from ..fileio import make_directory
 from . import builders
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import CONFIG_VERSION, TrainConfig, upgrade_config
 from .distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import evaluate
 from .report import plot_confusion, plot_curves, write_history
@@ -29,19 +34,31 @@ LOG_EVERY_STEPS = 10  # progress (and the loss check, which needs the loss of ev
 
 
 class NonFiniteLossError(InvalidValueError):
-    """The training loss became NaN or infinite."""
+    """The training loss, the weights or the validation loss became NaN or infinite."""
 
 
 def resume_config(path: str | os.PathLike, **overrides) -> TrainConfig:
-    """The config a checkpoint was trained with, with ``overrides`` applied (e.g. more ``epochs``)."""
-    state = ckpt.load_state(ckpt.resolve_checkpoint(path))
-    config = TrainConfig.from_dict({**state["config"], **overrides})
+    """The config a checkpoint was trained with, with ``overrides`` applied (e.g. more ``epochs``).
+
+    The run continues where the checkpoint is: ``output`` becomes the run folder that holds it (``RUN``,
+    ``RUN/last``, ``RUN/best`` and ``RUN/checkpoints/epoch-N`` all mean ``RUN``, wherever it was moved or
+    copied), unless ``overrides`` gives another ``output``.
+    """
+    checkpoint_dir = ckpt.resolve_checkpoint(path)
+    state = ckpt.load_state(checkpoint_dir)
+    stored = upgrade_config(state["config"], state.get("config_version", 1))
+    if overrides.get("output") is None:
+        overrides["output"] = str(ckpt.run_directory(checkpoint_dir))
+    config = TrainConfig.from_dict({**stored, **overrides})
     config.validate()
     return config
 
 
 def train(config: TrainConfig, resume: str | os.PathLike | None = None) -> list[dict]:
     """Train as ``config`` says (continuing checkpoint ``resume`` if given); return the per-epoch metrics."""
+    if not isinstance(config, TrainConfig):
+        raise InvalidTypeError(f"train() takes a TrainConfig (e.g. make_config('quick', epochs=3)), got "
+                               f"{type(config).__name__}")
     config.validate()
     ctx = init_distributed(config.device)
     try:
@@ -56,6 +73,8 @@ class Run:
     def __init__(self, config: TrainConfig, ctx: DistContext, resume: str | os.PathLike | None):
         self.config, self.ctx = config, ctx
         self.run_dir = Path(config.output)
+        if ctx.is_main:  # an output that cannot be written fails now, not after loading data and model
+            make_directory(self.run_dir)
         random_seed(config.seed, ctx.rank)
         self.data = builders.build_data(config)
         self.classes = self.data.classes
@@ -63,6 +82,7 @@ class Run:
         model = builders.build_model(config, self.data)
         state = self._load_resume_state(resume, model) if resume is not None else None
         self.model = builders.place_model(model, config, ctx)
+        builders.check_batch_memory(self.model, config, self.data, ctx.device)
         self.ema = builders.build_ema(self.model, config)
         self.sampler, self.train_loader, self.val_loader = builders.build_loaders(config, self.data, ctx)
         self.global_batch = config.batch_size * ctx.world_size
@@ -91,8 +111,14 @@ class Run:
         if meta["class_names"] != self.classes:
             raise InvalidValueError(f"checkpoint {checkpoint_dir} was trained on classes {meta['class_names'][:5]}... "
                                     f"but the dataset has {self.classes[:5]}...; resume on the same data")
-        ckpt.load_into(model, ckpt.load_weights(checkpoint_dir / ckpt.WEIGHTS), checkpoint_dir / ckpt.WEIGHTS)
         state = ckpt.load_state(checkpoint_dir)
+        if state["epoch"] >= self.config.epochs:
+            raise InvalidValueError(f"checkpoint {checkpoint_dir} has already trained {state['epoch']} epoch(s) and "
+                                    f"--epochs is {self.config.epochs}: nothing to do; pass --epochs N with "
+                                    f"N > {state['epoch']} to train more")
+        weights = ckpt.load_weights(checkpoint_dir / ckpt.WEIGHTS)
+        ckpt.check_finite(weights, f"checkpoint {checkpoint_dir}", "resume from an earlier checkpoint or start again")
+        ckpt.load_into(model, weights, checkpoint_dir / ckpt.WEIGHTS)
         state["checkpoint_dir"] = checkpoint_dir
         return state
 
@@ -120,15 +146,17 @@ class Run:
     def fit(self) -> list[dict]:
         config, ctx = self.config, self.ctx
         if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             print(f"training {config.model} on {config.dataset} ({len(self.classes)} classes, "
                   f"{self.data.img_size}x{self.data.img_size}), {ctx.world_size} process(es) on {ctx.device}, "
                   f"global batch {self.global_batch}, epochs {self.start_epoch + 1}..{config.epochs}", flush=True)
         result = None
         for epoch in range(self.start_epoch, config.epochs):
             start = time.perf_counter()
-            train_loss, images_per_s = self.train_one_epoch(epoch)
-            result, row = self._evaluate(epoch, train_loss)
+            with out_of_memory_errors(f"training on batches of {config.batch_size}",
+                                      "lower -b/--batch-size or --img-size, or use --amp"):
+                train_loss, images_per_s = self.train_one_epoch(epoch)
+                result, row = self._evaluate(epoch, train_loss)
+            self._check_finite_result(epoch, result.loss)
             row.update(lr=self.optimizer.param_groups[0]["lr"], images_per_s=images_per_s,
                        epoch_s=time.perf_counter() - start)
             self.history.append(row)
@@ -225,11 +253,22 @@ class Run:
             print(f"  epoch {epoch + 1} step {step + 1}/{steps}  loss {loss:.4f}  lr {lr:.2e}  {rate:.0f} img/s",
                   flush=True)
 
+    def _check_finite_result(self, epoch: int, val_loss: float) -> None:
+        """Stop, writing nothing, when the weights (or the EMA's) or the validation loss are not finite."""
+        bad = ckpt.non_finite_count(self.model.state_dict())
+        if self.ema is not None:
+            bad += ckpt.non_finite_count(self.ema.module.state_dict())
+        if bad or not math.isfinite(val_loss):
+            what = f"{bad} weight tensors hold NaN or infinite values" if bad else f"the validation loss is {val_loss}"
+            raise NonFiniteLossError(f"training diverged in epoch {epoch + 1}: {what}; no checkpoint was written for "
+                                     f"it. {self._last_good()} Lower --lr, set --clip-grad, or turn off --amp.")
+
     def _last_good(self) -> str:
         last = self.run_dir / "last"
-        if last.exists():
-            return f"The last good checkpoint, {last} (epoch {len(self.history)}), is kept."
-        return "No checkpoint was written yet."
+        if not last.exists():
+            return "No checkpoint was written yet."
+        epoch = ckpt.read_metadata(last / ckpt.WEIGHTS)["epoch"]
+        return f"The last good checkpoint, {last} (epoch {epoch}), is kept."
 
     def _save(self, epoch: int) -> None:
         """Write checkpoint ``epoch`` (rank 0), point ``last`` (and ``best``) at it, drop older ones."""
@@ -237,14 +276,18 @@ class Run:
         if self.ctx.is_main:
             state = dict(epoch=epoch, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          scaler=self.scaler.state_dict() if self.scaler is not None else {}, rng=rng_states,
-                         config=self.config.to_dict(), history=self.history, best_top1=self.best_top1,
-                         best_epoch=self.best_epoch)
+                         config=self.config.to_dict(), config_version=CONFIG_VERSION, history=self.history,
+                         best_top1=self.best_top1, best_epoch=self.best_epoch)
             metadata = dict(self.metadata, epoch=epoch, top1=self.history[-1]["top1"])
-            directory = ckpt.save_checkpoint(self.run_dir, epoch, self.model, metadata, state,
-                                             self.ema.module if self.ema is not None else None)
-            ckpt.point(self.run_dir / "last", directory)
-            if self.best_epoch == epoch:
-                ckpt.point(self.run_dir / "best", directory)
-            ckpt.prune_checkpoints(self.run_dir)
-            write_history(self.run_dir, self.history)
+            try:
+                directory = ckpt.save_checkpoint(self.run_dir, epoch, self.model, metadata, state,
+                                                 self.ema.module if self.ema is not None else None)
+                ckpt.point(self.run_dir / "last", directory)
+                if self.best_epoch == epoch:
+                    ckpt.point(self.run_dir / "best", directory)
+                ckpt.prune_checkpoints(self.run_dir)
+                write_history(self.run_dir, self.history)
+            except UnwritablePathError as exc:
+                raise UnwritablePathError(f"{exc}. {self._last_good()} Resume with `patnet train --resume "
+                                          f"{self.run_dir}` once it can be written.") from None
         barrier(self.ctx)
