@@ -4,6 +4,10 @@ ONNX: the TorchScript-based exporter (``dynamo=False``) with opset 18, weights e
 folding on, so the relative-position bias becomes a constant; onnxruntime then runs the file and the
 export fails if its output differs from PyTorch's by more than ``rtol`` of the output's scale.
 TorchScript: ``torch.jit.script`` of the deployment form, checked the same way.
+
+The weights come from a ``patnet train`` checkpoint or a plain weights file; their own class count and input
+channels win over contradicting flags, and an input size that cannot fit in memory is refused before
+anything is allocated.
 """
 from __future__ import annotations
 
@@ -12,13 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import timm
 import torch
 from torch import nn
 
 from .deploy import deploy
-from .errors import InvalidValueError
+from .device import check_memory, forward_bytes, is_out_of_memory, out_of_memory_errors
+from .engine import checkpoint as ckpt
+from .engine.inference import load_trained_model
+from .errors import InvalidValueError, MissingFileError, UserError
 from .fileio import atomic_path
-from .models import create_model
+from .models import check_model_name, checkpoint_filter_fn, create_model, patnet_variants
+from .models.patnet import read_weights_file
 
 OPSET = 18
 FORBIDDEN_ONNX_OPS = ("ScatterND",)
@@ -87,27 +96,130 @@ def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor
     return ExportReport(path, "torchscript", max_abs, relative)
 
 
-def build_for_export(name: str, checkpoint: Optional[str], in_chans: Optional[int],
+def _checkpoint_counts(name: str, state_dict: dict) -> tuple[Optional[int], Optional[int]]:
+    """(classes, input channels) of plain weights for model ``name``: the rows of its classifier and the input
+    channels of its first conv, found by the names timm's pretrained cfg gives them (None where absent)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if name.split(".")[0] in patnet_variants():
+        state_dict = checkpoint_filter_fn(state_dict)  # the authors' layout, Lightning wrappers
+    counts = []
+    for layer, dim in ((getattr(cfg, "classifier", None), 0), (getattr(cfg, "first_conv", None), 1)):
+        layer = layer[0] if isinstance(layer, (list, tuple)) else layer
+        weight = state_dict.get(f"{layer}.weight") if layer else None
+        counts.append(int(weight.shape[dim]) if torch.is_tensor(weight) and weight.dim() > dim else None)
+    return counts[0], counts[1]
+
+
+def _agreed(flag: str, given: Optional[int], stored: Optional[int], source: str) -> Optional[int]:
+    """The checkpoint's own count; a flag may repeat it but not contradict it (``--num-classes 0``, the
+    pooled features without the classifier, is an explicit choice and always allowed)."""
+    if given is None or stored is None or given == stored or (flag == "--num-classes" and given == 0):
+        return stored if stored is not None else given
+    features = " or pass --num-classes 0 to export its pooled features" if flag == "--num-classes" else ""
+    raise InvalidValueError(f"{flag} {given} contradicts the checkpoint {source}, which has {stored}; drop {flag} "
+                            f"(the checkpoint's own {stored} is used){features}")
+
+
+def is_training_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a ``patnet train`` run or checkpoint folder, or a weights file one wrote."""
+    path = Path(path)
+    if path.is_dir():
+        return True
+    try:
+        ckpt.read_metadata(path)
+    except (InvalidValueError, MissingFileError):
+        return False
+    return True
+
+
+def _from_weights_file(name: Optional[str], checkpoint: str, in_chans: Optional[int],
+                       num_classes: Optional[int]) -> nn.Module:
+    if name is None:
+        raise InvalidValueError(f"--model is needed with a plain weights file ({checkpoint}); it may be left out "
+                                "only for a `patnet train` checkpoint")
+    check_model_name(name)
+    state_dict = read_weights_file(checkpoint)
+    stored_classes, stored_chans = _checkpoint_counts(name, state_dict)
+    classes = _agreed("--num-classes", num_classes, stored_classes, checkpoint)
+    chans = _agreed("--in-chans", in_chans, stored_chans, checkpoint)
+    try:
+        return create_model(name, num_classes=classes, in_chans=chans, pretrained=True,
+                            pretrained_cfg_overlay=dict(state_dict=state_dict))
+    except RuntimeError as exc:  # timm's strict loading, for models other than PATNet
+        if "Error(s) in loading state_dict" not in str(exc):
+            raise
+        raise InvalidValueError(f"the checkpoint {checkpoint} does not fit {name}: {str(exc).splitlines()[1:2]}; "
+                                "pass --model and the architecture it was trained with") from None
+
+
+def build_for_export(name: Optional[str], checkpoint: Optional[str], in_chans: Optional[int],
                      num_classes: Optional[int]) -> nn.Module:
-    """Model ``name`` in eval mode, with the weights of ``checkpoint`` (a state dict or safetensors file) if given."""
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint)) if checkpoint is not None else {}
-    return create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs).eval()
+    """Model ``name`` in eval mode, with the weights of ``checkpoint`` if given: a ``patnet train`` checkpoint
+    (run folder, ``RUN/best``, checkpoint folder or its weights; model, arguments and counts come from it, so
+    ``name`` may be None) or a plain state dict / safetensors file. The checkpoint's class count and input
+    channels win: a contradicting ``num_classes``/``in_chans`` is an error; ``num_classes=0`` drops the classifier
+    (the pooled features)."""
+    if checkpoint is None:
+        if name is None:
+            raise InvalidValueError("pass --model NAME, or --checkpoint with a `patnet train` checkpoint")
+        model = create_model(name, num_classes=num_classes, in_chans=in_chans)
+    elif is_training_checkpoint(checkpoint):
+        model, meta = load_trained_model(checkpoint, expected_model=name)
+        _agreed("--num-classes", num_classes, meta["num_classes"], checkpoint)
+        _agreed("--in-chans", in_chans, meta["in_chans"], checkpoint)
+    else:
+        model = _from_weights_file(name, checkpoint, in_chans, num_classes)
+    if num_classes == 0 and model.num_classes != 0:
+        model.reset_classifier(0)
+    return model.eval()
 
 
-def export_model(name: str, output: str | Path, checkpoint: Optional[str] = None,
-                 img_size: tuple[int, int] = (224, 224), in_chans: Optional[int] = None,
-                 num_classes: Optional[int] = None, dynamic_batch: bool = False) -> ExportReport:
-    """Build model ``name`` (with ``checkpoint``'s weights) and export its deployment form to ``output``:
-    ONNX for ``.onnx``, TorchScript for ``.pt``/``.ts``; verified on a seeded ``img_size`` example."""
-    height, width = img_size
-    if height < 1 or width < 1:
-        raise InvalidValueError(f"--img-size must be positive, got {height} {width}")
+def _check_arguments(output: str | Path, img_size: Sequence[int], in_chans: Optional[int],
+                     num_classes: Optional[int]) -> str:
+    """One-line errors for impossible export arguments; returns the output's format suffix."""
+    if (not isinstance(img_size, (tuple, list)) or len(img_size) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in img_size)):
+        shown = " ".join(map(str, img_size)) if isinstance(img_size, (tuple, list)) else repr(img_size)
+        raise InvalidValueError(f"--img-size {shown} is invalid: expected a height and a width, integers >= 1")
+    for flag, value, low in (("--in-chans", in_chans, 1), ("--num-classes", num_classes, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise InvalidValueError(f"{flag} {value} is invalid: expected an integer >= {low}"
+                                    f"{' (0: the pooled features, without the classifier)' if low == 0 else ''}")
     suffix = Path(output).suffix.lower()
     if suffix not in (".onnx", ".pt", ".ts"):
         raise InvalidValueError(f"--output must end in .onnx (ONNX) or .pt/.ts (TorchScript), got {str(output)!r}")
+    return suffix
+
+
+def _check_input_size(model: nn.Module, example: torch.Tensor) -> None:
+    """Run ``example`` through ``model`` so that a size it cannot take is one clear error before exporting."""
+    try:
+        with torch.no_grad():
+            model(example)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        if isinstance(exc, UserError) or is_out_of_memory(exc):
+            raise
+        reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".") or type(exc).__name__
+        raise InvalidValueError(f"the model cannot take {example.shape[2]}x{example.shape[3]} inputs ({reason}); "
+                                "choose another --img-size") from None
+
+
+def export_model(name: Optional[str], output: str | Path, checkpoint: Optional[str] = None,
+                 img_size: tuple[int, int] = (224, 224), in_chans: Optional[int] = None,
+                 num_classes: Optional[int] = None, dynamic_batch: bool = False) -> ExportReport:
+    """Build model ``name`` (with ``checkpoint``'s weights, see :func:`build_for_export`) and export its
+    deployment form to ``output``: ONNX for ``.onnx``, TorchScript for ``.pt``/``.ts``; verified on a seeded
+    ``img_size`` example. The memory the export needs is estimated first: a size too large is an error."""
+    suffix = _check_arguments(output, img_size, in_chans, num_classes)
     model = build_for_export(name, checkpoint, in_chans, num_classes)
     chans = getattr(model, "in_chans", model.pretrained_cfg["input_size"][0])
-    example = torch.randn(1, chans, height, width, generator=torch.Generator().manual_seed(0))
-    if suffix == ".onnx":
-        return export_onnx(model, output, example, dynamic_batch=dynamic_batch)
-    return export_torchscript(model, output, example)
+    height, width = img_size
+    what, fix = f"exporting at {height}x{width}", "use a smaller --img-size"
+    check_memory(forward_bytes(model, 2 if dynamic_batch else 1, chans, height, width), torch.device("cpu"),
+                 what, fix)
+    with out_of_memory_errors(what, fix):
+        example = torch.randn(1, chans, height, width, generator=torch.Generator().manual_seed(0))
+        _check_input_size(model, example)
+        if suffix == ".onnx":
+            return export_onnx(model, output, example, dynamic_batch=dynamic_batch)
+        return export_torchscript(model, output, example)

@@ -7,13 +7,18 @@ from ..export import OPSET, export_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="timm model name, e.g. patnet_t2")
+    parser.add_argument("--model", help="timm model name, e.g. patnet_t2 (optional with a `patnet train` "
+                        "checkpoint, which names its model; if given it must match)")
     parser.add_argument("--output", required=True, help="FILE.onnx, or FILE.pt/.ts for TorchScript")
-    parser.add_argument("--checkpoint", default=None, help="weights to load (state dict or safetensors)")
+    parser.add_argument("--checkpoint", default=None, help="weights to load: a `patnet train` run folder, its "
+                        "best/ or last/ checkpoint, or a plain state dict / safetensors file")
     parser.add_argument("--img-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
-    parser.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's)")
+    parser.add_argument("--in-chans", type=int, default=None,
+                        help="input channels (default: the checkpoint's, else the model's; may not contradict the "
+                        "checkpoint)")
     parser.add_argument("--num-classes", type=int, default=None,
-                        help="classes (default: the checkpoint's, else the model's)")
+                        help="classes (default: the checkpoint's, else the model's; may not contradict the "
+                        "checkpoint); 0 exports the pooled features without the classifier")
     parser.add_argument("--dynamic-batch", action="store_true", help="ONNX: let the batch dimension vary")
 
 

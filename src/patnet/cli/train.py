@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import argparse
 
-from timm.utils import ParseKwargs
-
 from ..data import DATASETS
 from ..engine import PRESETS, TrainConfig, make_config, resume_config, train
 from ..errors import InvalidValueError
-from .common import DEVICE_HELP, config_overrides
+from .common import DEVICE_HELP, KeywordArguments, config_overrides
 
 _DEFAULTS = TrainConfig()
 
 # (flags, config field, type or action, help)
 _OPTIONS = [
     (("--model",), "model", str, "timm model name"),
-    (("--model-kwargs",), "model_kwargs", ParseKwargs, "extra model arguments, KEY=VALUE ..."),
+    (("--model-kwargs",), "model_kwargs", KeywordArguments, "extra model arguments, KEY=VALUE ..."),
     (("--patch-size",), "patch_size", int, "stem kernel size (model default when left out)"),
     (("--patch-stride",), "patch_stride", int, "stem stride, PATNet only (defaults to the kernel size)"),
     (("--drop-path",), "drop_path", float, "stochastic-depth rate (model default when left out)"),
@@ -31,7 +29,8 @@ _OPTIONS = [
     (("--opt",), "opt", str, "timm optimizer name"),
     (("--lr",), "lr", float, "learning rate (default: --lr-base x global batch / 256)"),
     (("--lr-base",), "lr_base", float, "learning rate per 256 images"),
-    (("--momentum",), "momentum", float, "optimizer momentum / beta1"),
+    (("--momentum",), "momentum", float, "momentum (SGD-like optimizers) or beta1 (Adam-like), in [0, 1) "
+                                          "(default: the optimizer's own)"),
     (("--weight-decay",), "weight_decay", float, "weight decay"),
     (("--clip-grad",), "clip_grad", float, "clip the gradient norm to this value"),
     (("--sched",), "sched", str, "timm scheduler name"),
@@ -64,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text += f" (default: {getattr(_DEFAULTS, name)})" if getattr(_DEFAULTS, name) not in (None, {}) else ""
         if kind == "store_true":
             parser.add_argument(*flags, dest=name, action="store_true", default=None, help=help_text)
-        elif kind is ParseKwargs:
-            parser.add_argument(*flags, dest=name, nargs="*", action=ParseKwargs, default=None, help=help_text)
+        elif kind is KeywordArguments:
+            parser.add_argument(*flags, dest=name, nargs="*", action=KeywordArguments, default=None, help=help_text)
         else:
             parser.add_argument(*flags, dest=name, type=kind, default=None, help=help_text)
 
