@@ -64,6 +64,9 @@ def trained(tmp_path_factory):
     (["train", "--sched", "plateau"], "--sched 'plateau' is invalid"),
     (["train", "--opt", "adamx"], "--opt 'adamx' is not a timm optimizer"),
     (["eval", "--checkpoint", "x", "-j", "-1"], "-j/--workers -1 is invalid"),
+    (["eval", "--checkpoint", "x", "--output", ""], "--output '' is invalid: expected a folder name"),
+    (["train", "--output", " "], "--output ' ' is invalid: expected a folder name"),  # was the current folder
+    (["train", "-j", "100000"], "-j/--workers 100000 is invalid: expected an integer in [0, "),  # hung
     (["predict", "/nonexistent.png", "--checkpoint", "x"], "image /nonexistent.png does not exist"),
     (["export", "--model", "patnet_t0", "--output", "x.onnx", "--img-size", "100000", "100000"],
      "exporting at 100000x100000 needs at least"),

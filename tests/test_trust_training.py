@@ -116,7 +116,7 @@ def test_a_truncated_jpeg_is_skipped_and_counted_not_a_crash_mid_epoch(tmp_path)
 def test_public_functions_given_wrong_types_or_values_answer_in_one_line(tmp_path):
     from patnet.data import build_dataset, synthetic
     from patnet.engine.inference import evaluate_checkpoint, load_trained_model, predict_files
-    from patnet.export import export_model
+    from patnet.export import export_model, export_torchscript
 
     train(make_config(epochs=1, output=str(tmp_path), **TINY))
     model, meta = load_trained_model(tmp_path)
@@ -129,6 +129,7 @@ def test_public_functions_given_wrong_types_or_values_answer_in_one_line(tmp_pat
         (lambda: predict_files(model, meta, tmp_path / "one.png", topk=0), r"topk=0 is invalid"),  # was empty lists
         (lambda: evaluate_checkpoint(model, meta, batch_size=0), r"batch_size=0 is invalid"),
         (lambda: export_model("patnet_t0", tmp_path / "m.onnx", img_size=None), r"--img-size None is invalid"),
+        (lambda: export_torchscript(model, tmp_path / "m.pt", example=[1, 2]), r"must be a batched tensor"),
     ]
     for call, message in cases:
         with pytest.raises((ValueError, TypeError), match=message) as info:

@@ -24,7 +24,7 @@ from .deploy import deploy
 from .device import check_memory, forward_bytes, is_out_of_memory, out_of_memory_errors
 from .engine import checkpoint as ckpt
 from .engine.inference import load_trained_model
-from .errors import InvalidValueError, MissingFileError, UserError
+from .errors import InvalidTypeError, InvalidValueError, MissingFileError, UserError
 from .fileio import atomic_path
 from .models import check_model_name, checkpoint_filter_fn, create_model, patnet_variants
 from .models.patnet import read_weights_file
@@ -47,6 +47,12 @@ def _relative(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, floa
     return diff, diff / max(reference.abs().max().item(), 1e-12)
 
 
+def _check_example(example: torch.Tensor) -> None:
+    if not torch.is_tensor(example) or example.dim() < 1:
+        raise InvalidTypeError(f"the example input must be a batched tensor, e.g. torch.randn(1, 3, 224, 224), got "
+                               f"{type(example).__name__}")
+
+
 @torch.no_grad()
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynamic_batch: bool = False,
                 rtol: float = 1e-4) -> ExportReport:
@@ -55,6 +61,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynam
     import onnxruntime as ort
 
     path = Path(path)
+    _check_example(example)
     folded = deploy(model)
     with atomic_path(path) as tmp:
         with warnings.catch_warnings():  # the tracer notes that input-size checks become constants: intended
@@ -85,6 +92,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynam
 def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor, rtol: float = 1e-4) -> ExportReport:
     """Write ``model``'s deployment form to ``path`` as a scripted TorchScript module and verify it."""
     path = Path(path)
+    _check_example(example)
     folded = deploy(model)
     scripted = torch.jit.script(folded)
     with atomic_path(path) as tmp:

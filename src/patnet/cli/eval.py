@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidValueError(f"-b/--batch-size {args.batch_size} is invalid: expected an integer >= 1")
     if args.workers < 0:
         raise InvalidValueError(f"-j/--workers {args.workers} is invalid: expected an integer >= 0")
+    if not args.output.strip():
+        raise InvalidValueError("--output '' is invalid: expected a folder name")
     model, meta = load_trained_model(args.checkpoint, ema=args.ema, expected_model=args.model, device=args.device)
     result = evaluate_checkpoint(model, meta, args.dataset, args.data_dir, args.batch_size, args.workers)
     dataset = args.dataset or meta["dataset"]

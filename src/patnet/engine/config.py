@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -103,7 +104,10 @@ class TrainConfig:
             check(value is None or value >= 1, flag, value, "an integer >= 1")
         check(self.clip_grad is None or self.clip_grad > 0, "--clip-grad", self.clip_grad, "a positive norm")
         check(0 < self.model_ema_decay < 1, "--model-ema-decay", self.model_ema_decay, "a number in (0, 1)")
-        check(self.workers >= 0, "--workers", self.workers, "an integer >= 0")
+        most = 4 * (os.cpu_count() or 1)  # beyond that, loader processes only compete for the cores
+        check(0 <= self.workers <= most, "-j/--workers", self.workers, f"an integer in [0, {most}]")
+        check(bool(self.output.strip()), "--output", self.output, "a folder name")
+        check(self.data_dir is None or bool(self.data_dir.strip()), "--data-dir", self.data_dir, "a folder name")
         check(0 <= self.seed < 2 ** 31, "--seed", self.seed, "an integer in [0, 2**31)")
         check(self.aa is None or _is_rand_augment(self.aa), "--aa", self.aa,
               "a timm RandAugment policy such as rand-m9-mstd0.5-inc1")
