@@ -58,7 +58,8 @@ def scene_detector(name: str) -> nn.Module:
     kwargs = dict(preset["detector_kwargs"], box_score_thresh=0.0)
     model = build_detector("maskrcnn", name, 10, in_chans=1, image_mean=data.mean, image_std=data.std,
                            min_size=preset["min_size"], max_size=preset["max_size"],
-                           fpn_channels=preset["fpn_channels"], anchor_sizes=preset["anchor_sizes"], **kwargs)
+                           fpn_channels=preset["fpn_channels"], anchor_sizes=preset["anchor_sizes"],
+                           box_head_dim=preset["box_head_dim"], mask_head_layers=preset["mask_head_layers"], **kwargs)
     return Detector(deploy_detector(model))
 
 

@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from timm.utils import ParseKwargs
 
-from ..detection.coco_eval import evaluate_results, load_results, to_coco_results, write_eval
+from ..detection.coco_eval import (
+    evaluate_results,
+    load_results,
+    to_coco_results,
+    write_eval,
+)
 from ..detection.config import DATASETS, PRESETS, DetectConfig, make_detect_config
 from ..detection.engine import resume_detect_config, train_detector
-from ..detection.inference import draw_detections, evaluate_detector, load_detector, predict_images, read_images
+from ..detection.inference import (
+    draw_detections,
+    evaluate_detector,
+    load_detector,
+    predict_images,
+    read_images,
+)
 from ..detection.models import ARCHS
 from ..errors import InvalidValueError
 from ..fileio import write_text_atomic
@@ -102,12 +114,22 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="output/detect-predict", help="folder for the PNGs and detections.json")
 
 
+def _add_study(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a small version, under 10 minutes")
+    parser.add_argument("--output", metavar="DIR", help="runs and data (default: output/detection-study, "
+                        "output/detection-study-quick with --quick)")
+    parser.add_argument("--report-dir", metavar="DIR", help="where results.md, results.json and the plot go "
+                        "(default: docs/detection/study or docs/detection/study-quick)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     for name, add, help_text in (("train", _add_train, "train a detector; resumable"),
                                  ("eval", _add_eval, "COCO box and mask AP of a checkpoint or a results file"),
-                                 ("predict", _add_predict, "draw a checkpoint's detections on image files")):
+                                 ("predict", _add_predict, "draw a checkpoint's detections on image files"),
+                                 ("study", _add_study, "Mask R-CNN on Fashion-MNIST scenes: PATNet-T0 against "
+                                                       "FasterNet-T0 backbones; resumable")):
         add(actions.add_parser(name, help=help_text, description=help_text))
 
 
@@ -165,5 +187,18 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from ..detection.study import PLANS, run_detection_study
+
+    name = "quick" if args.quick else "full"
+    output = args.output or ("output/detection-study-quick" if args.quick else "output/detection-study")
+    report_dir = args.report_dir or ("docs/detection/study-quick" if args.quick else "docs/detection/study")
+    words = ["patnet", "detect", "study"] + ["--quick"] * args.quick
+    words += [w for flag, value in (("--output", args.output), ("--report-dir", args.report_dir)) if value
+              for w in (flag, value)]
+    run_detection_study(PLANS[name], output, report_dir, shlex.join(words))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    return {"train": _train, "eval": _eval, "predict": _predict}[args.action](args)
+    return {"train": _train, "eval": _eval, "predict": _predict, "study": _study}[args.action](args)

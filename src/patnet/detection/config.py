@@ -138,11 +138,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Fashion-MNIST scenes (128 px grayscale canvases) on a 2-core CPU: small anchors, a narrow FPN and
     # fewer sampled RoIs keep an epoch in minutes (docs/detection/README.md says how it was sized).
     "fm-scenes": dict(arch="maskrcnn", dataset="fm-scenes", epochs=6, batch_size=4, lr_base=8e-4, lr_steps=(5,),
-                      warmup_iters=100, weight_decay=1e-4, min_size=128, max_size=128, fpn_channels=128,
-                      anchor_sizes=(8, 16, 32, 64, 128), hflip=0.5,
+                      warmup_iters=100, weight_decay=1e-4, min_size=128, max_size=128, fpn_channels=64,
+                      anchor_sizes=(8, 16, 32, 64, 128), box_head_dim=256, mask_head_layers=(64, 64), hflip=0.5,
                       detector_kwargs=dict(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
                                            rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150,
-                                           box_batch_size_per_image=128, box_detections_per_img=50)),
+                                           box_batch_size_per_image=64, box_detections_per_img=50)),
 }
 
 

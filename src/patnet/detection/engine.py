@@ -19,12 +19,19 @@ from tqdm import tqdm
 
 from ..data.coco import collate
 from ..engine import checkpoint as ckpt
-from ..engine.distributed import (DistContext, ShardSampler, all_gather_objects, all_reduce_sum, barrier,
-                                  init_distributed, shutdown)
+from ..engine.distributed import (
+    DistContext,
+    ShardSampler,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown,
+)
 from ..engine.report import write_history
 from ..engine.rng import capture_rng_state, restore_rng_state
 from ..errors import InvalidValueError
-from .coco_eval import evaluate_results, to_coco_results
+from .coco_eval import evaluate_results
 from .config import DetectConfig
 from .data import DetectionSplits, build_splits
 from .inference import TASK, check_dataset_classes
@@ -65,8 +72,8 @@ def resume_detect_config(path: str | os.PathLike, **overrides) -> DetectConfig:
     """The config a detection checkpoint was trained with, ``overrides`` applied; it continues in its own folder."""
     directory = ckpt.resolve_checkpoint(path)
     state = ckpt.load_state(directory)
-    run_dir = directory.parent.parent if directory.parent.name == "checkpoints" else directory
-    config = DetectConfig.from_dict({**state["config"], "output": str(run_dir), **overrides})
+    place = {} if "output" in overrides else {"output": str(ckpt.run_directory(directory))}
+    config = DetectConfig.from_dict({**state["config"], **place, **overrides})
     config.validate()
     return config
 
@@ -263,10 +270,9 @@ class DetectRun:
         """Checkpoint ``epoch`` (rank 0), only when every weight is finite; ``last``/``best`` moved atomically."""
         rng_states = all_gather_objects(capture_rng_state(), self.ctx)
         if self.ctx.is_main:
-            bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
-            if bad:
-                raise DivergedError(f"after epoch {epoch}, {len(bad)} weight tensors are not finite (e.g. {bad[0]}); "
-                                    f"training stopped. {self._last_good()} Lower --lr or set --clip-grad.")
+            if ckpt.non_finite_count(self.model.state_dict()):
+                raise DivergedError(f"after epoch {epoch} some weights are NaN or infinite; training stopped. "
+                                    f"{self._last_good()} Lower --lr or set --clip-grad.")
             state = dict(epoch=epoch, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          scaler=self.scaler.state_dict() if self.scaler is not None else {}, rng=rng_states,
                          config=self.config.to_dict(), history=self.history, best_ap=self.best_ap,

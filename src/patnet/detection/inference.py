@@ -41,10 +41,7 @@ def load_detector(path: str | os.PathLike, device: str | None = "cpu") -> tuple[
                                 "use `patnet eval`/`patnet predict` for it, or pass a `patnet detect train` run")
     model = detector_from_metadata(meta)
     state = ckpt.load_weights(weights)
-    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if bad:
-        raise InvalidValueError(f"{weights} holds {len(bad)} non-finite tensors (e.g. {bad[0]}): it comes from a "
-                                "diverged run; use an earlier checkpoint")
+    ckpt.check_finite(state, str(weights), "use an earlier checkpoint of the run")
     ckpt.load_into(model, state, weights)
     return model.to(resolve_device(device)).eval(), meta
 

@@ -12,7 +12,6 @@ import re
 from collections import OrderedDict
 from typing import Sequence
 
-import torch
 from timm.models._features import FeatureGetterNet
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet

@@ -58,13 +58,13 @@ def estimate_full_s(rows: list[dict], quick: Plan, full: Plan) -> float:
     return total
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
-def _pm(mean: float, std: float | None) -> str:
+def format_mean_std(mean: float, std: float | None) -> str:
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
@@ -103,8 +103,8 @@ def to_markdown(results: dict) -> str:
     lines = [
         f"# Fashion-MNIST study ({results['plan']}): PATNet-T0 against FasterNet-T0, PAT-block ablations", "",
         f"- Command: `{results['command']}`",
-        f"- Wall time: {_duration(results['wall_s'])} over {len(invocations)} invocation(s); training "
-        f"{_duration(results['train_s'])} of it (sum of all runs' epoch times)",
+        f"- Wall time: {format_duration(results['wall_s'])} over {len(invocations)} invocation(s); training "
+        f"{format_duration(results['train_s'])} of it (sum of all runs' epoch times)",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores; torch {machine['torch']}, timm {machine['timm']}; "
         f"1-minute load average {results['load_average_end']} when latency was measured",
         f"- Data: {data}; test accuracy on the {results['test_images']} test images",
@@ -114,7 +114,7 @@ def to_markdown(results: dict) -> str:
     ratio_head = f"Latency / {results['rows'][0]['label'].split(' (')[0]}"
     headers = ["Model", "Seeds", "Test top-1 (%)", "Best", "Params (M)", "MACs (M)", "Latency (ms)", ratio_head,
                "Train img/s"]
-    table = [[row["label"], str(len(row["top1"])), _pm(row["top1_mean"], row["top1_std"]), f"{row['top1_best']:.2f}",
+    table = [[row["label"], str(len(row["top1"])), format_mean_std(row["top1_mean"], row["top1_std"]), f"{row['top1_best']:.2f}",
               f"{row['params'] / 1e6:.2f}", f"{row['macs'] / 1e6:.1f}", f"{row['latency_ms']:.2f}",
               f"{row['ratio']:.2f} [{row['ratio_p10']:.2f}, {row['ratio_p90']:.2f}]",
               f"{row['train_images_per_s']:.0f}"] for row in results["rows"]]
@@ -138,8 +138,8 @@ def to_markdown(results: dict) -> str:
         epochs = PLANS["full"].recipe["epochs"]
         lines += ["## Full-study estimate", "",
                   "From this run's per-variant training rates and per-epoch evaluation time, one epoch of every run "
-                  f"of the full study takes about {_duration(results['estimate_full_s'] / epochs)}, so "
-                  f"`patnet study` ({epochs} epochs) would train for about {_duration(results['estimate_full_s'])}.",
+                  f"of the full study takes about {format_duration(results['estimate_full_s'] / epochs)}, so "
+                  f"`patnet study` ({epochs} epochs) would train for about {format_duration(results['estimate_full_s'])}.",
                   ""]
     return "\n".join(lines)
 
@@ -166,7 +166,7 @@ def tuning_markdown(results: dict, variants: tuple[Variant, ...]) -> str:
     fixed = {k: v for k, v in results["base"].items() if k not in ("lr", "no_aug", "epochs", "warmup_epochs")}
     lines = ["# Tuning the study recipe: one grid for both families", "",
              f"- Command: `{results['command']}`",
-             f"- Wall time: {_duration(results['wall_s'])} ({results['epochs_trained']} epochs trained by this "
+             f"- Wall time: {format_duration(results['wall_s'])} ({results['epochs_trained']} epochs trained by this "
              "invocation)",
              f"- Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores",
              f"- Data: {data}",

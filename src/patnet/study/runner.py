@@ -88,18 +88,29 @@ def measure(runs: list[Run], warmup: int, iters: int) -> dict[str, dict]:
     return measured
 
 
-def _check_dir(path: Path, flag: str) -> Path:
+def prepare_dir(path: Path, flag: str) -> Path:
+    """``path`` as a folder (created if missing); a one-line error naming ``flag`` when it is a file."""
     if path.exists() and not path.is_dir():
         raise InvalidValueError(f"{flag} {path} is a file; pass a directory")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def log_invocation(output: Path, command: str, started: datetime, wall_s: float, epochs_trained: int) -> list[dict]:
+    """Append this invocation to ``output/invocations.json`` (a study may take several); return them all."""
+    path = output / "invocations.json"
+    invocations = json.loads(path.read_text()) if path.is_file() else []
+    invocations.append(dict(command=command, started=started.isoformat(timespec="seconds"), wall_s=round(wall_s, 1),
+                            epochs_trained=epochs_trained))
+    write_text_atomic(path, json.dumps(invocations, indent=1) + "\n")
+    return invocations
+
+
 def run_study(plan: Plan, output: str | os.PathLike, report_dir: str | os.PathLike, command: str,
               log=print) -> dict:
     """Train what ``plan`` still lacks under ``output``, measure, and write the report to ``report_dir``."""
     start, started = time.perf_counter(), datetime.now(timezone.utc)
-    output, report_dir = _check_dir(Path(output), "--output"), _check_dir(Path(report_dir), "--report-dir")
+    output, report_dir = prepare_dir(Path(output), "--output"), prepare_dir(Path(report_dir), "--report-dir")
     if plan.train_subset:
         if plan.recipe["dataset"] != "fashion-mnist":
             raise InvalidValueError(f"a training subset needs the fashion-mnist dataset, not {plan.recipe['dataset']}")
@@ -114,11 +125,7 @@ def run_study(plan: Plan, output: str | os.PathLike, report_dir: str | os.PathLi
     test_images = len(build_dataset(first.dataset, "val", first.data_dir,
                                     first.img_size or dataset_info(first.dataset).img_size))
 
-    invocations_file = output / "invocations.json"
-    invocations = json.loads(invocations_file.read_text()) if invocations_file.is_file() else []
-    invocations.append(dict(command=command, started=started.isoformat(timespec="seconds"),
-                            wall_s=round(time.perf_counter() - start, 1), epochs_trained=trained))
-    write_text_atomic(invocations_file, json.dumps(invocations, indent=1) + "\n")
+    invocations = log_invocation(output, command, started, time.perf_counter() - start, trained)
 
     results = dict(plan=plan.name, command=command, recipe=plan.recipe, train_subset=plan.train_subset,
                    test_images=test_images,
@@ -142,7 +149,7 @@ def run_tuning(tuning: Tuning, output: str | os.PathLike, report_dir: str | os.P
     """Train the tuning grid (skipping finished runs, resuming others), pick the best setting and write
     ``results.md`` and ``results.json`` to ``report_dir``."""
     start, started = time.perf_counter(), datetime.now(timezone.utc)
-    output, report_dir = _check_dir(Path(output), "--output"), _check_dir(Path(report_dir), "--report-dir")
+    output, report_dir = prepare_dir(Path(output), "--output"), prepare_dir(Path(report_dir), "--report-dir")
     pairs = tuning_runs(tuning, output)
     if tuning.train_images:
         write_train_subset(subset_dir(output, tuning.train_images, tuning.holdout_images), tuning.train_images,
