@@ -3,6 +3,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from patnet.bench import (
     BenchConfig,
     TimingStats,
     compare,
+    compare_runs,
     default_baselines,
     load_accuracies,
     matmul_gflops,
@@ -21,9 +23,12 @@ from patnet.bench import (
     run_benchmark,
     time_alternating,
 )
+from patnet.bench.plan import native_sections, skipped_regimes
 from patnet.bench.runner import load_deploy, plan_sections
+from patnet.bench.tables import efficiency_table, ratio_table, startup_table
 from patnet.bench.timing import summarise
 from patnet.cli import main
+from patnet.runtimes import FLAGS_THAT_MATTER, check_native_bf16, describe_cpu
 
 TINY_KWARGS = {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_classes": 10}
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given without a GPU")
@@ -278,6 +283,10 @@ def test_cli_quick_run(tmp_path, capsys):
     (["fasternet_t0", "--iters", "15", "--per-round", "10"], "multiple of the calls per round"),
     (["fasternet_t0", "--model-kwargs", "{embed_dim: 8}"], "not valid JSON"),
     (["fasternet_t0", "--gpu-batch", "8", "--no-gpu"], "cannot be combined with --no-gpu"),
+    (["fasternet_t0", "--no-cpu", "--no-gpu"], "nothing to measure: the CPU sections are off"),
+    (["fasternet_t0", "--runtime", "onnxruntime", "--dtype", "bf16"], "nothing in this run measures bf16"),
+    (["fasternet_t0", "--dtype", "fp16", "--no-gpu"], "fp16 runs on a CUDA GPU only"),
+    (["fasternet_t0", "--img-size", "224", "0"], "image size must be a positive integer, got 0"),
 ])
 def test_cli_user_errors(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -292,3 +301,151 @@ def test_cli_gpu_options_without_gpu(tmp_path, capsys, gpu_option):
     with pytest.raises(SystemExit):
         main(["bench", "fasternet_t0", *gpu_option, "--forms", "train", "--out-dir", str(tmp_path)])
     assert "CUDA" in capsys.readouterr().err
+
+
+# --- the regime matrix: runtimes, precisions, threads, image sizes ------------------------------------------------
+
+TINY_JSON = json.dumps({"embed_dim": 16, "depths": [1, 1, 1, 1], "num_classes": 10})
+
+
+def test_compare_runs_times_callables_of_any_runtime():
+    runs = {"fast": lambda: time.sleep(0.002), "slow": lambda: time.sleep(0.006)}
+    result = compare_runs(runs, baseline="fast", warmup=1, iters=4, per_round=2, precision="bfloat16",
+                          memory_format="channels_last", settings=dict(img_size=64))
+    assert 2.0 < result.ratios["slow"].median < 4.5 and result.stats["slow"].n == 4
+    assert (result.precision, result.memory_format, result.settings["img_size"]) == ("bfloat16", "channels_last", 64)
+
+
+def test_regime_dimensions_multiply_into_sections():
+    config = BenchConfig(runtimes=("eager", "onnxruntime"), dtypes=("fp32",), img_size=(224, 64), latency_threads=(1,),
+                         gpu=False)
+    sections = plan_sections(config)
+    assert [s.key for s in sections] == [
+        "cpu_latency_1t_224px", "cpu_throughput_224px", "cpu_latency_1t_onnxruntime_fp32_224px",
+        "cpu_throughput_onnxruntime_fp32_224px", "cpu_latency_1t_64px", "cpu_throughput_64px",
+        "cpu_latency_1t_onnxruntime_fp32_64px", "cpu_throughput_onnxruntime_fp32_64px"]
+    ort = sections[2]
+    assert (ort.runtime, ort.dtype, ort.img_size, ort.threads, ort.batch_size) == ("onnxruntime", "fp32", 224, 1, 1)
+    assert ort.title == "CPU latency, batch 1, 1 thread, onnxruntime fp32, 224x224"
+    assert [s.key for s in plan_sections(replace(config, throughput=False, img_size=64))] == [
+        "cpu_latency_1t", "cpu_latency_1t_onnxruntime_fp32"]
+
+
+def test_regimes_no_runtime_can_run_are_named_or_refused():
+    config = BenchConfig(runtimes=("eager", "onnxruntime"), dtypes=("fp32", "bf16"), latency_threads=(1,), gpu=False)
+    assert not [s for s in plan_sections(config) if (s.runtime, s.dtype) == ("onnxruntime", "bf16")]
+    (skipped,) = skipped_regimes(config)
+    assert (skipped["runtime"], skipped["dtype"], skipped["device"]) == ("onnxruntime", "bf16", "cpu")
+    assert "no bf16 kernels" in skipped["reason"]
+    with pytest.raises(ValueError, match="nothing in this run measures bf16: ONNX Runtime's CPU provider"):
+        plan_sections(replace(config, runtimes=("onnxruntime",)))
+    with pytest.raises(ValueError, match="nothing in this run measures fp16: fp16 runs on a CUDA GPU only"):
+        plan_sections(replace(config, dtypes=("fp16",)))
+    with pytest.raises(ValueError, match="runtimes must be among eager, compile, onnxruntime, openvino"):
+        plan_sections(replace(config, runtimes=("tvm",)))
+
+
+def test_gpu_matrix_is_planned_when_cuda_is_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("patnet.bench.timing._device_memory", lambda device: 80 * 2**30)
+    config = BenchConfig(runtimes=("eager", "compile", "openvino"), dtypes=("fp32", "bf16"), latency_threads=(1,))
+    gpu = [s for s in plan_sections(config) if s.device == "cuda"]
+    assert len(gpu) == 2 * 2 * 3  # eager and compile, batch 32 and 256, fp32 + AMP fp16 + AMP bf16
+    by_key = {s.key: s for s in gpu}
+    amp = by_key["gpu_amp_compile_b256"]
+    assert (amp.runtime, amp.dtype, amp.amp_dtype, amp.channels_last, amp.batch_size) == (
+        "compile", "fp16", "float16", True, 256)
+    assert by_key["gpu_amp_bf16_b32"].amp_dtype == "bfloat16" and not by_key["gpu_fp32_b32"].channels_last
+    skipped = {(s["device"], s["runtime"], s["dtype"]) for s in skipped_regimes(config)}
+    assert {("cuda", "openvino", dtype) for dtype in ("fp32", "fp16", "bf16")} == skipped
+
+    monkeypatch.setattr("patnet.bench.plan.native_bf16", lambda device: torch.device(device).type == "cuda")
+    monkeypatch.setattr("patnet.bench.plan.check_native_bf16", lambda device: check_native_bf16("cpu"))
+    monkeypatch.setattr("patnet.runtimes.hardware.cpu_flags", lambda: dict.fromkeys(FLAGS_THAT_MATTER, False))
+    kept, dropped = native_sections(plan_sections(config))
+    assert all(s.device == "cuda" for s in kept if s.dtype == "bf16")
+    assert {(d["device"], d["runtime"]) for d in dropped} == {("cpu", "eager"), ("cpu", "compile"),
+                                                              ("cpu", "openvino")}
+    assert all("no native bf16" in d["reason"] for d in dropped)
+
+
+def test_regime_run_times_every_runtime_with_own_input_channels(tmp_path, capsys):
+    out = tmp_path / "out"
+    kwargs = json.dumps({**json.loads(TINY_JSON), "in_chans": 1})
+    argv = ["bench", "patnet_t0", "fasternet_t0", "--runtime", "eager", "onnxruntime", "openvino", "--dtype", "fp32",
+            "--img-size", "32", "48", "--threads", "1", "--no-throughput", "--forms", "train", "--quick",
+            "--model-kwargs", kwargs, "--matmul-size", "64", "--out-dir", str(out), "--no-progress"]
+    assert main(argv) == 0
+    saved = json.loads((out / "bench.json").read_text())
+    command = saved["header"]["command"]
+    assert command.startswith("patnet bench patnet_t0 fasternet_t0 --forms train --runtime eager onnxruntime "
+                              "openvino --dtype fp32 --img-size 32 48") and command.endswith("--no-throughput")
+    assert saved["models"]["patnet_t0"]["in_chans"] == 1 and set(saved["models"]["patnet_t0"]["macs_by_img_size"]) == {
+        "32", "48"}
+    regimes = [(s["runtime"], s["img_size"]) for s in saved["sections"]]
+    assert regimes == [(r, img) for img in (32, 48) for r in ("eager", "onnxruntime", "openvino")]
+    for section in saved["sections"]:
+        form = "train" if section["runtime"] == "eager" else "deploy"  # other runtimes run the deploy form
+        entry = section["results"]["patnet_t0"][form]
+        assert entry["ratio"]["baseline"] == "fasternet_t0" and entry["ratio"]["median"] > 0
+        assert entry["build_s"] + entry["first_call_s"] > 0 and entry["fraction_of_matmul"] > 0
+    markdown = (out / "bench.md").read_text()
+    assert describe_cpu() in markdown and "## Ratios by regime" in markdown and "![ratios by regime]" in markdown
+    assert "| cpu | openvino | float32 | 1 | 1 | 1x48x48 |" in markdown
+    assert (out / "bench_ratios.png").is_file() and "Ratios by regime" in capsys.readouterr().out
+
+
+def test_a_runtime_computing_a_model_wrongly_is_reported_not_timed(monkeypatch, tmp_path):
+    from patnet.runtimes import external
+
+    build = external.build_openvino
+
+    def wrong_for_patnet(model, *args):
+        forward, prepare = build(model, *args)
+        return (lambda x: forward(x) * (1.5 if hasattr(model, "min_input_size") else 1.0)), prepare
+
+    monkeypatch.setattr(external, "build_openvino", wrong_for_patnet)
+    models = {"patnet_t0": timm.create_model("patnet_t0", **TINY_KWARGS), "fasternet_t0": tiny_fasternet()}
+    results = run_benchmark(quick_config(runtimes=("openvino",), throughput=False), tmp_path, models=models,
+                            progress=False)
+    (section,) = results["sections"]
+    assert set(section["results"]) == {"fasternet_t0"}
+    assert "differs from eager fp32" in section["not_timed"]["patnet_t0"]
+    assert "| cpu | openvino | float32 | 1 | 1 | 3x32x32 | not timed |" in (tmp_path / "bench.md").read_text()
+
+    only_patnet = run_benchmark(quick_config(runtimes=("openvino",), throughput=False),
+                                models={"patnet_t0": models["patnet_t0"]}, progress=False)
+    (section,) = only_patnet["sections"]
+    assert section["results"] == {} and section["complete"] and set(section["not_timed"]) == {"patnet_t0"}
+
+
+def test_bf16_sections_record_both_ceilings(monkeypatch):
+    """The bf16 plumbing (ceiling, runners, report) exercised on any CPU by declaring bf16 native."""
+    for target in ("patnet.bench.plan.native_bf16", "patnet.bench.runner.native_bf16"):
+        monkeypatch.setattr(target, lambda device: True)
+    monkeypatch.setattr("patnet.runtimes.runner.check_native_bf16", lambda device: None)
+    results = run_benchmark(quick_config(dtypes=("fp32", "bf16"), throughput=False, iters=2),
+                            models={"fasternet_t0": tiny_fasternet()}, progress=False)
+    assert results["header"]["matmul_gflops_bf16"]["1"] > 0
+    fp32, bf16 = results["sections"]
+    assert (fp32["dtype"], bf16["dtype"], bf16["precision"]) == ("fp32", "bf16", "bfloat16")
+    entry = bf16["results"]["fasternet_t0"]["train"]
+    assert entry["fraction_of_bf16_matmul"] > 0 and entry["fraction_of_matmul"] > 0
+
+
+def test_regime_tables_from_known_results():
+    section = dict(device="cpu", runtime="openvino", precision="bfloat16", threads=1, batch_size=1, img_size=224,
+                   not_timed={}, results={
+                       "patnet_t2": {"deploy": dict(median_ms=7.8, gflops=266.0, fraction_of_matmul=1.4,
+                                                    fraction_of_bf16_matmul=0.23, build_s=3.0, first_call_s=0.5,
+                                                    ratio=dict(median=1.27, baseline="fasternet_t2"))},
+                       "fasternet_t2": {"deploy": dict(median_ms=6.1, gflops=626.0, fraction_of_matmul=3.3,
+                                                       fraction_of_bf16_matmul=0.53, build_s=2.0, first_call_s=0.25,
+                                                       ratio=None)}})
+    results = dict(models={"patnet_t2": dict(baseline="fasternet_t2", in_chans=3),
+                           "fasternet_t2": dict(baseline=None, in_chans=3)}, sections=[section])
+    headers, (row,) = ratio_table(results)
+    assert headers[-1] == "patnet_t2 / fasternet_t2" and row == [
+        "cpu", "openvino", "bfloat16", "1", "1", "3x224x224", "1.27 (7.80 / 6.10)"]
+    assert efficiency_table(results)[1][0][-2:] == ["266 (140% / 23%)", "626 (330% / 53%)"]
+    assert startup_table(results)[1][0][-2:] == ["3.5", "2.2"]

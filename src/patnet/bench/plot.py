@@ -1,4 +1,5 @@
-"""The papers' trade-off figure: CPU latency (x) against MACs or top-1 accuracy (y), one line per family."""
+"""The benchmark's figures: the papers' trade-off (CPU latency against MACs or top-1 accuracy, one line per
+family) and the ratios by regime (each model over its baseline, one bar per regime)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,12 +14,14 @@ def family_and_label(name: str) -> tuple[str, str]:
 
 
 def plot_section(results: dict) -> tuple[dict, str] | None:
-    """The section and form the plot shows: single-thread latency if measured (else the first latency
-    section), deploy form when measured (what users run), else the training form."""
+    """The section and form the plot shows: single-thread eager fp32 latency if measured (else single-thread
+    latency, else the first latency section), deploy form when measured (what users run), else training."""
     latency = [s for s in results["sections"] if s["kind"] == "latency" and s["results"]]
     if not latency:
         return None
-    section = next((s for s in latency if s["threads"] == 1), latency[0])
+    single = [s for s in latency if s["threads"] == 1] or latency
+    section = next((s for s in single if (s.get("runtime", "eager"), s.get("dtype", "fp32")) == ("eager", "fp32")),
+                   single[0])
     form = "deploy" if "deploy" in results["header"]["config"]["forms"] else "train"
     return section, form
 
@@ -55,5 +58,50 @@ def plot_results(results: dict, path: str | Path, y: str = "macs") -> bool:
     ax.set_title(f"{results['header']['cpu']}, torch {results['header']['torch']}{status}", fontsize=9)
     ax.grid(True, linestyle=":", linewidth=0.8)
     ax.legend()
+    save_figure(fig, path, dpi=150)
+    return True
+
+
+def _regime_label(section: dict, results: dict) -> str:
+    chans = sorted({info.get("in_chans", 3) for info in results["models"].values()})
+    threads = "" if section["threads"] is None else f", {section['threads']}t"
+    return (f"{section.get('runtime', 'eager')} {section['precision']}{threads}, b{section['batch_size']}, "
+            f"{'/'.join(map(str, chans))}x{section['img_size']}x{section['img_size']}")
+
+
+def ratio_bars(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per model pair (``'patnet_t0 / fasternet_t0'``), the median ratio in each regime, over ``runs``'
+    sections (deploy form where measured)."""
+    bars: dict[str, dict[str, float]] = {}
+    for results in runs:
+        for section in results["sections"]:
+            for name, entries in section["results"].items():
+                entry = entries.get("deploy", entries.get("train"))
+                if entry is not None and entry["ratio"] is not None:
+                    pair = f"{name} / {entry['ratio']['baseline']}"
+                    bars.setdefault(pair, {})[_regime_label(section, results)] = entry["ratio"]["median"]
+    return bars
+
+
+def plot_ratios(runs: list[dict], path: str | Path) -> bool:
+    """Draw each model's ratio to its baseline per regime (horizontal bars, a line at 1) to ``path``;
+    ``False`` when no ratio has been measured yet."""
+    bars = ratio_bars(runs)
+    if not bars:
+        return False
+    plt = pyplot()
+    regimes = list(dict.fromkeys(regime for values in bars.values() for regime in values))
+    height = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.25 * len(regimes) * max(1.0, len(bars) / 2)), dpi=150)
+    for i, (pair, values) in enumerate(bars.items()):
+        ys = [regimes.index(regime) + i * height for regime in values]
+        ax.barh(ys, list(values.values()), height=height, label=pair)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks([r + 0.4 - height / 2 for r in range(len(regimes))], regimes, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("time / baseline time (median of per-round ratios; below 1: faster)", fontsize=8)
+    ax.set_title(f"{runs[0]['header'].get('cpu_description', runs[0]['header']['cpu'])}", fontsize=8)
+    ax.grid(True, axis="x", linestyle=":", linewidth=0.8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_figure(fig, path, dpi=150)
     return True

@@ -1,4 +1,5 @@
-"""Benchmark reports: machine header, terminal and Markdown tables, JSON, accuracy files."""
+"""Benchmark reports: the machine header (CPU named with its flags), terminal and Markdown reports, JSON,
+plots, accuracy files. The tables themselves are built in ``tables.py``."""
 from __future__ import annotations
 
 import csv
@@ -6,6 +7,7 @@ import json
 import os
 import platform
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import timm
@@ -13,19 +15,26 @@ import torch
 
 from ..errors import InvalidValueError, MissingFileError
 from ..fileio import write_text_atomic
+from ..runtimes import cpu_flags, cpu_model, describe_cpu
+from .tables import (
+    efficiency_table,
+    markdown_table,
+    ratio_table,
+    section_table,
+    startup_table,
+    summary_table,
+    text_table,
+)
 
-JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "bench.json", "bench.md", "bench.png"
+JSON_NAME, MARKDOWN_NAME, PLOT_NAME, RATIO_PLOT_NAME = "bench.json", "bench.md", "bench.png", "bench_ratios.png"
+RUNTIME_PACKAGES = ("onnxruntime", "openvino")
 
 
-def _cpu_model() -> str:
+def _package_version(name: str) -> str | None:
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def machine_info() -> dict:
@@ -33,7 +42,9 @@ def machine_info() -> dict:
     from patnet import __version__
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
+        "cpu_description": describe_cpu(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -42,6 +53,7 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "patnet": __version__,
+        **{name: _package_version(name) for name in RUNTIME_PACKAGES},
         "load_average_start": load_average(),
     }
 
@@ -85,106 +97,53 @@ def load_accuracies(path: str | Path) -> dict[str, float]:
     raise InvalidValueError(f"{path}: accuracy files must be .json or .csv")
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _ceiling_text(ceilings: dict[str, float]) -> str:
+    return ", ".join(f"{t} thread{'s' if t != '1' else ''}: {g:.1f} GFLOP/s" for t, g in ceilings.items())
 
 
-def _ratio(entry: dict) -> str:
-    ratio = entry.get("ratio")
-    return "-" if ratio is None else f"{ratio['median']:.3f}"
+def _input_text(results: dict) -> str:
+    h = results["header"]
+    chans = sorted({info.get("in_chans", 3) for info in results["models"].values()}) or [3]
+    sizes = [f"{'/'.join(map(str, chans))}x{img}x{img}" for img in h.get("img_sizes", [])]
+    return (f"Input {', '.join(sizes)}; params of the training form, MACs at the first size "
+            "(FlopCounterMode / 2 at batch 1, math attention)")
 
 
-def _headline(section: dict, entry: dict) -> str:
-    """The one number a section contributes to the summary: latency (ms) or throughput (images/s)."""
-    return _fmt(entry["median_ms"]) if section["kind"] == "latency" else _fmt(entry["images_per_s"], 1)
-
-
-def _section_label(section: dict) -> str:
-    unit = "ms" if section["kind"] == "latency" else "img/s"
-    status = "" if section["complete"] else f", partial {section['rounds']}/{section['rounds_planned']}"
-    return f"{section['title']} ({unit}{status})"
-
-
-def _rows(results: dict, build) -> list[list[str]]:
-    forms = results["header"]["config"]["forms"]
-    rows = []
-    for name, info in results["models"].items():
-        for form in forms:
-            rows.append(build(name, info, form))
-    return rows
-
-
-def summary_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the summary: size, then each section's headline number and ratio."""
-    sections = results["sections"]
-    headers = ["model", "form", "baseline", "params (M)", "MACs (G)"]
-    for section in sections:
-        headers += [_section_label(section), "time/base"]
-
-    def build(name: str, info: dict, form: str) -> list[str]:
-        row = [name, form, info["baseline"] or "-", _fmt(info["params"] / 1e6), _fmt(info["macs"] / 1e9, 3)]
-        for section in sections:
-            entry = section["results"].get(name, {}).get(form)
-            row += ["-", "-"] if entry is None else [_headline(section, entry), _ratio(entry)]
-        return row
-
-    return headers, _rows(results, build)
-
-
-def section_table(results: dict, section: dict) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of one section's detail: spread, throughput, efficiency, ratio spread."""
-    headers = ["model", "form", "median ms", "mean ms", "p10 ms", "p90 ms", "IQR ms", "img/s", "GFLOP/s",
-               "% of matmul", "time/base", "p10-p90"]
-
-    def build(name: str, info: dict, form: str) -> list[str]:
-        entry = section["results"].get(name, {}).get(form)
-        if entry is None:
-            return [name, form] + ["-"] * (len(headers) - 2)
-        fraction = entry["fraction_of_matmul"]
-        ratio = entry["ratio"]
-        return [name, form, _fmt(entry["median_ms"]), _fmt(entry["mean_ms"]), _fmt(entry["p10_ms"]),
-                _fmt(entry["p90_ms"]), _fmt(entry["iqr_ms"]), _fmt(entry["images_per_s"], 1),
-                _fmt(entry["gflops"], 1), "-" if fraction is None else f"{100 * fraction:.0f}%", _ratio(entry),
-                "-" if ratio is None else f"{ratio['p10']:.3f}-{ratio['p90']:.3f}"]
-
-    return headers, _rows(results, build)
-
-
-def text_table(headers: list[str], rows: list[list[str]], text_columns: int = 2) -> str:
-    """A plain-text table with aligned columns; the first ``text_columns`` left-aligned, numbers right."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    numeric = [i >= text_columns for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def markdown_table(headers: list[str], rows: list[list[str]], text_columns: int = 2) -> str:
-    align = ["---" if i < text_columns else "---:" for i in range(len(headers))]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in [headers, align, *rows])
+def _ceiling_lines(h: dict) -> list[str]:
+    size = h["config"]["matmul_size"]
+    fp32 = _ceiling_text(h["matmul_gflops"]) or "not measured"
+    lines = [f"fp32 {size}x{size} matmul ceiling, measured in this run: {fp32}",
+             f"bf16 {size}x{size} matmul ceiling: " + (_ceiling_text(h["matmul_gflops_bf16"]) or
+                                                       "not measured (no native bf16 on this CPU)")]
+    if h["gpu_matmul_gflops"]:
+        tf32 = h.get("gpu_tf32", {})
+        lines.append("GPU matmul ceilings: " + ", ".join(f"{dtype} {g:.0f} GFLOP/s"
+                                                          for dtype, g in h["gpu_matmul_gflops"].items())
+                     + f"; TF32 allowed in fp32 convolutions: {tf32.get('cudnn')}, in matmuls: {tf32.get('matmul')}")
+    return lines
 
 
 def header_lines(results: dict) -> list[str]:
+    """The report's header: command, machine (the CPU with its flags), software, load, ceilings, skips."""
     h = results["header"]
-    ceilings = ", ".join(f"{t} thread{'s' if t != '1' else ''}: {g:.1f} GFLOP/s"
-                         for t, g in h["matmul_gflops"].items()) or "not measured"
-    size = h["config"]["matmul_size"]
+    runtimes = ", ".join(f"{name} {h[name]}" for name in RUNTIME_PACKAGES if h.get(name))
     lines = [
-        f"Machine: {h['cpu']}, {h['cores']} cores, {h['cpu_capability']}"
+        f"Machine: {h['cpu_description']}, {h['cores']} cores, torch CPU capability {h['cpu_capability']}"
         + (f", GPU {h['gpu']}" if h["gpu"] else ", no GPU") + f"; {h['os']}",
-        f"Software: Python {h['python']}, torch {h['torch']}, timm {h['timm']}, patnet {h['patnet']}",
+        f"Software: Python {h['python']}, torch {h['torch']}, timm {h['timm']}, patnet {h['patnet']}"
+        + (f", {runtimes}" if runtimes else ""),
         f"Started {h['started']}, " + (f"finished {h['finished']}" if h["finished"] else
                                          "interrupted" if h["interrupted"] else "in progress"),
         f"1-minute load average: {h['load_average_start']} at the start"
         + (f", {h['load_average_end']} at the end" if h.get("load_average_end") is not None else "")
         + f" (a load above {h['cores']} would mean other work competed with the timings)",
-        f"Input {'x'.join(map(str, h['input_size']))}; params and MACs of the training form "
-        "(MACs: FlopCounterMode / 2 at batch 1, math attention)",
-        f"fp32 {size}x{size} matmul ceiling, measured in this run: {ceilings}",
-        "time/base: median over rounds of (model time / baseline time), same form, timed in alternation; "
-        "below 1 the model is faster",
+        _input_text(results),
+        *_ceiling_lines(h),
+        *(f"Not measured: {s['runtime']} {s['dtype']} on {s['device']}: {s['reason']}" for s in h["skipped"]),
+        "time/base: median over rounds of (model time / baseline time), same runtime, precision and form, timed "
+        "in alternation; below 1 the model is faster",
+        "startup: deploy, export or conversion, and the first call (torch.compile compiles there), apart from "
+        "the timed calls",
     ]
     if h["command"]:
         lines.insert(0, f"Command: `{h['command']}`")
@@ -197,17 +156,44 @@ def section_description(section: dict) -> str:
     threads = "" if section["threads"] is None else f", {section['threads']} thread" + "s" * (section["threads"] != 1)
     status = (f"complete in {section['wall_s']} s" if section["complete"]
               else f"interrupted after {section['rounds']} rounds")
-    return (f"{section['device']}{threads}, batch {section['batch_size']}, {section['precision']}, "
-            f"{section['memory_format']}; {section['warmup']} warm-up + {section['iters']} timed calls per model, "
-            f"{per_round} in a row per round ({section['rounds_planned']} rounds), {timing}; {status}.")
+    runners = f" Runners ready in {section['startup_wall_s']} s." if "startup_wall_s" in section else ""
+    not_timed = "".join(f" Not timed: {name}: {why}." for name, why in section.get("not_timed", {}).items())
+    return (f"{section['device']}{threads}, {section.get('runtime', 'eager')}, batch {section['batch_size']}, "
+            f"{section['precision']}, {section['memory_format']}; {section['warmup']} warm-up + {section['iters']} "
+            f"timed calls per model, {per_round} in a row per round ({section['rounds_planned']} rounds), {timing}; "
+            f"{status}.{runners}{not_timed}")
 
 
-def to_markdown(results: dict, plot_name: str | None = None) -> str:
+def regime_parts(results: dict, level: int = 2) -> list[str]:
+    """Markdown of the per-regime tables (headings at ``level``): ratios, efficiency against both ceilings,
+    startup."""
+    heading = "#" * level
+    parts = []
+    if any(info["baseline"] for info in results["models"].values()):
+        parts += ["", f"{heading} Ratios by regime", "", "Model / baseline time, median of per-round ratios "
+                  "(model ms / baseline ms, medians); deploy form where measured.", "",
+                  markdown_table(*ratio_table(results), text_columns=3)]
+        not_timed = [f"- Not timed: {name}, {s['runtime']} {s['precision']}, {s['img_size']}x{s['img_size']}: {why}"
+                     for s in results["sections"] for name, why in s.get("not_timed", {}).items()]
+        parts += ["", *not_timed] if not_timed else []
+    parts += ["", f"{heading} Efficiency", "", "Achieved GFLOP/s (2 x MACs / median time) and its share of the fp32 "
+              "/ bf16 matmul ceilings of the same device and threads.", "",
+              markdown_table(*efficiency_table(results), text_columns=3),
+              "", f"{heading} Startup", "", "Seconds from making a runner to its first output (deploy, export, "
+              "compile, first call).", "", markdown_table(*startup_table(results), text_columns=3)]
+    return parts
+
+
+def to_markdown(results: dict, plot_name: str | None = None, ratio_plot_name: str | None = None) -> str:
     models = ", ".join(results["models"]) or "none yet"
     parts = [f"# Benchmark: {models}", "", *(f"- {line}" for line in header_lines(results)), "",
              "## Summary", "", markdown_table(*summary_table(results), text_columns=3)]
     if plot_name:
         parts += ["", f"![latency plot]({plot_name})"]
+    if results["sections"]:
+        parts += regime_parts(results)
+    if ratio_plot_name:
+        parts += ["", f"![ratios by regime]({ratio_plot_name})"]
     for section in results["sections"]:
         parts += ["", f"## {section['title']}", "", section_description(section), "",
                   markdown_table(*section_table(results, section))]
@@ -215,23 +201,31 @@ def to_markdown(results: dict, plot_name: str | None = None) -> str:
 
 
 def to_text(results: dict) -> str:
-    return "\n".join([*header_lines(results), "", text_table(*summary_table(results), text_columns=3)])
+    lines = [*header_lines(results), "", text_table(*summary_table(results), text_columns=3)]
+    if results["sections"] and any(info["baseline"] for info in results["models"].values()):
+        lines += ["", "Ratios by regime (model / baseline, deploy form where measured):",
+                  text_table(*ratio_table(results), text_columns=3)]
+    return "\n".join(lines)
 
 
 def write_outputs(results: dict, out_dir: str | Path, plot_y: str | None = None) -> dict[str, Path]:
-    """Write ``bench.json`` and ``bench.md`` (and ``bench.png`` when ``plot_y`` is given and a latency
-    section has results) to ``out_dir``; returns the paths written."""
-    from .plot import plot_results
+    """Write ``bench.json`` and ``bench.md`` to ``out_dir``, and with ``plot_y`` the plots: ``bench.png``
+    when a latency section has results, ``bench_ratios.png`` when a model has a baseline; returns the
+    paths written."""
+    from .plot import plot_ratios, plot_results
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / JSON_NAME, "markdown": out_dir / MARKDOWN_NAME}
-    plot_path = out_dir / PLOT_NAME
-    if plot_y is not None and plot_results(results, plot_path, y=plot_y):
-        paths["plot"] = plot_path
+    if plot_y is not None and plot_results(results, out_dir / PLOT_NAME, y=plot_y):
+        paths["plot"] = out_dir / PLOT_NAME
         results["header"]["plot"] = PLOT_NAME
+    if plot_y is not None and plot_ratios([results], out_dir / RATIO_PLOT_NAME):
+        paths["ratio_plot"] = out_dir / RATIO_PLOT_NAME
+        results["header"]["ratio_plot"] = RATIO_PLOT_NAME
     write_text_atomic(paths["json"], json.dumps(results, indent=1, default=str) + "\n")
-    write_text_atomic(paths["markdown"], to_markdown(results, results["header"].get("plot")))
+    header = results["header"]
+    write_text_atomic(paths["markdown"], to_markdown(results, header.get("plot"), header.get("ratio_plot")))
     return paths
 
 

@@ -1,134 +1,31 @@
-"""The benchmark run: build models, count their size, time every section, save results as they come.
+"""The benchmark run: build the models, count their size, then for every planned section (``plan.py``) make
+each model's runner in that regime and time them all in alternation, saving results as they come.
 
-A run has sections (CPU latency per thread count, CPU throughput, GPU throughput in fp32 and in AMP
-channels-last). Within a section every model, in each requested form, is timed in alternation with
-all the others; ratios are against each model's baseline in the same form.
+Within a section every model, in each form its runtime runs, is timed in alternation with all the others;
+ratios are against each model's baseline in the same runtime, precision and form. Each runner's startup
+(deploy, export, compile, first call) is recorded apart from its latency.
 """
 from __future__ import annotations
 
-import os
+import contextlib
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..device import resolve_device
 from ..errors import InvalidValueError
 from ..flops import achieved_gflops, count_macs, count_params
-from ..models import baseline_partner, check_model_name, create_model, patnet_variants, size_key
+from ..models import baseline_partner, check_model_name, create_model
+from ..runtimes import OutputMismatchError, Runner, input_channels, make_runner, native_bf16
+from .plan import FORMS, LONG_DTYPE, BenchConfig, Section, native_sections, plan_sections, skipped_regimes
 from .report import load_accuracies, load_average, machine_info, write_outputs
-from .timing import Comparison, check_batch_fits, check_threads, compare, matmul_gflops
+from .timing import Comparison, compare_runs, matmul_gflops
 
-LARGEST_DEFAULT = "patnet_s"  # M and L take seconds per call on a 2-core CPU
-FORMS = ("train", "deploy")
-
-
-def default_models() -> tuple[str, ...]:
-    """PATNet's variants up to ``LARGEST_DEFAULT``, then their FasterNet partners."""
-    patnets = [name for name in patnet_variants() if size_key(name) <= size_key(LARGEST_DEFAULT)]
-    return (*patnets, *(partner for partner in map(baseline_partner, patnets) if partner))
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What to measure and how; the defaults follow the papers' protocol (``measurement.md``)."""
-
-    models: tuple[str, ...] = field(default_factory=default_models)
-    baseline: str | None = None
-    forms: tuple[str, ...] = FORMS
-    img_size: int = 224
-    model_kwargs: dict = field(default_factory=dict)
-    latency_threads: tuple[int, ...] | None = None  # None: 1 and all cores
-    latency_batch: int = 1
-    warmup: int = 10
-    iters: int = 200
-    per_round: int = 10
-    throughput_batch: int = 32
-    throughput_threads: int | None = None  # None: all cores
-    throughput_warmup: int = 2
-    throughput_iters: int = 10
-    gpu: bool | None = None  # None: when CUDA is available
-    gpu_batch: int = 256
-    gpu_warmup: int = 50
-    gpu_iters: int = 200
-    gpu_per_round: int = 10
-    amp_dtype: str = "float16"
-    matmul_size: int = 2048
-    seed: int = 0
-
-    @classmethod
-    def quick(cls, **overrides) -> BenchConfig:
-        """Settings for a run of about a minute on a 2-core machine: a smoke test, not a measurement."""
-        settings = dict(latency_threads=(1,), warmup=1, iters=8, per_round=2, throughput_batch=2,
-                        throughput_threads=1, throughput_warmup=1, throughput_iters=2, gpu_batch=32, gpu_warmup=5,
-                        gpu_iters=20, gpu_per_round=5, matmul_size=1024)
-        return cls(**{**settings, **overrides})
-
-
-@dataclass(frozen=True)
-class Section:
-    """One timed comparison of all models: a device, thread count, batch, precision and layout."""
-
-    key: str
-    title: str
-    kind: str  # "latency" or "throughput"
-    device: str
-    threads: int | None
-    batch_size: int
-    warmup: int
-    iters: int
-    per_round: int
-    amp_dtype: str | None = None
-    channels_last: bool = False
-
-
-def _cores() -> int:
-    return os.cpu_count() or 1
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def plan_sections(config: BenchConfig) -> list[Section]:
-    """The sections ``config`` asks for, validated; GPU ones only where CUDA is (or must be) present."""
-    if isinstance(config.img_size, bool) or not isinstance(config.img_size, int) or config.img_size < 1:
-        raise InvalidValueError(f"image size must be a positive integer, got {config.img_size!r}")
-    threads = tuple(dict.fromkeys(config.latency_threads or (1, _cores())))
-    sections = [
-        Section(f"cpu_latency_{t}t", f"CPU latency, batch {config.latency_batch}, {_plural(t, 'thread')}",
-                "latency", "cpu", check_threads(t), config.latency_batch, config.warmup, config.iters,
-                config.per_round)
-        for t in threads
-    ]
-    tp_threads = check_threads(config.throughput_threads or _cores())
-    sections.append(Section("cpu_throughput",
-                            f"CPU throughput, batch {config.throughput_batch}, {_plural(tp_threads, 'thread')}",
-                            "throughput", "cpu", tp_threads, config.throughput_batch,
-                            config.throughput_warmup, config.throughput_iters, 1))
-    use_gpu = torch.cuda.is_available() if config.gpu is None else config.gpu
-    if use_gpu:
-        resolve_device("cuda")
-        common = dict(kind="throughput", device="cuda", threads=None, batch_size=config.gpu_batch,
-                      warmup=config.gpu_warmup, iters=config.gpu_iters, per_round=config.gpu_per_round)
-        sections.append(Section("gpu_fp32", f"GPU throughput, batch {config.gpu_batch}, fp32 NCHW", **common))
-        sections.append(Section("gpu_amp", f"GPU throughput, batch {config.gpu_batch}, "
-                                f"AMP {config.amp_dtype} channels-last", amp_dtype=config.amp_dtype,
-                                channels_last=True, **common))
-    for section in sections:
-        if section.batch_size < 1:
-            raise InvalidValueError(f"{section.title}: batch size must be at least 1, got {section.batch_size}")
-        if section.iters < 1 or section.warmup < 0 or section.per_round < 1:
-            raise InvalidValueError(f"{section.title}: iterations must be >= 1, warm-up >= 0 and calls per round "
-                                    f">= 1 (got {section.iters}, {section.warmup}, {section.per_round})")
-        if section.iters % section.per_round:
-            raise InvalidValueError(f"{section.title}: iterations ({section.iters}) must be a multiple of the "
-                                    f"calls per round ({section.per_round})")
-        check_batch_fits(section.batch_size, (3, config.img_size, config.img_size), torch.device(section.device))
-    return sections
+GPU_MATMUL_SIZE = 8192
 
 
 def default_baselines(names: Sequence[str], fallback: str | None = None) -> dict[str, str]:
@@ -159,32 +56,85 @@ def _variant(name: str, form: str) -> str:
     return f"{name}:{form}"
 
 
+def section_forms(config: BenchConfig, section: Section) -> tuple[str, ...]:
+    """The eager runtime runs the configured forms; every other runtime runs the deploy form."""
+    return config.forms if section.runtime == "eager" else ("deploy",)
+
+
+def _precision(section: Section) -> str:
+    long = LONG_DTYPE[section.dtype]
+    return f"amp {long}" if section.amp_dtype else long
+
+
+def _ceilings(header: dict, section: Section) -> tuple[float | None, float | None]:
+    """The fp32 and bf16 matmul GFLOP/s measured for ``section``'s device and threads (None: not measured)."""
+    if section.device == "cpu":
+        key = str(section.threads)
+        return header["matmul_gflops"].get(key), header["matmul_gflops_bf16"].get(key)
+    return header["gpu_matmul_gflops"].get("fp32"), header["gpu_matmul_gflops"].get("bf16")
+
+
 def _section_record(section: Section, comparison: Comparison, macs: Mapping[str, int],
-                    ceilings: Mapping[str, float]) -> dict:
-    """A section's JSON record: settings, and per model and form the statistics, ratio and GFLOP/s."""
-    ceiling = ceilings.get(str(section.threads)) if section.device == "cpu" else None
+                    ceilings: tuple[float | None, float | None], runners: Mapping[str, Runner]) -> dict:
+    """A section's JSON record: settings, and per model and form the statistics, ratio, GFLOP/s against both
+    matmul ceilings, and the runner's startup."""
+    fp32_ceiling, bf16_ceiling = ceilings
     results: dict[str, dict] = {}
     for variant, stats in comparison.stats.items():
         name, form = variant.rsplit(":", 1)
         gflops = achieved_gflops(macs[name], stats.median_ms / 1e3, section.batch_size)
-        ratio = comparison.ratios.get(variant)
+        ratio, runner = comparison.ratios.get(variant), runners[variant]
         results.setdefault(name, {})[form] = {
             **stats.to_dict(),
             "iqr_ms": stats.iqr_ms,
             "images_per_s": stats.images_per_s(section.batch_size),
             "gflops": gflops,
-            "fraction_of_matmul": gflops / ceiling if ceiling else None,
+            "fraction_of_matmul": gflops / fp32_ceiling if fp32_ceiling else None,
+            "fraction_of_bf16_matmul": gflops / bf16_ceiling if bf16_ceiling else None,
             "ratio": None if ratio is None else {**ratio.to_dict(), "baseline": ratio.baseline.rsplit(":", 1)[0]},
+            "build_s": runner.build_s,
+            "first_call_s": runner.first_call_s,
+            "relative_diff": runner.relative_diff,
         }
-    return {
-        **asdict(section),
-        "precision": comparison.precision,
-        "memory_format": comparison.memory_format,
-        "rounds": comparison.rounds,
-        "rounds_planned": comparison.rounds_planned,
-        "complete": comparison.complete,
-        "results": results,
-    }
+    return {**asdict(section), "precision": comparison.precision, "memory_format": comparison.memory_format,
+            "rounds": comparison.rounds, "rounds_planned": comparison.rounds_planned,
+            "complete": comparison.complete, "results": results}
+
+
+def build_runners(section: Section, models: Mapping[str, nn.Module], forms: Sequence[str],
+                  seed: int) -> tuple[dict[str, Runner], dict[str, Tensor], dict[str, str]]:
+    """Every model's runner for ``section`` (keyed ``name:form``) with its prepared input (one seeded input
+    per channel count, so each model gets its own ``in_chans``); runners whose runtime computes the model
+    wrongly are left out, with the reason."""
+    examples: dict[int, Tensor] = {}
+    runners, inputs, not_timed = {}, {}, {}
+    for name, model in models.items():
+        chans = input_channels(model)
+        if chans not in examples:
+            generator = torch.Generator().manual_seed(seed)
+            examples[chans] = torch.randn(section.batch_size, chans, section.img_size, section.img_size,
+                                          generator=generator)
+        for form in forms:
+            variant = _variant(name, form)
+            try:
+                runner = make_runner(model, section.runtime, section.dtype, examples[chans], threads=section.threads,
+                                     device=section.device, form=form)
+            except OutputMismatchError as exc:
+                not_timed[name] = str(exc)
+                continue
+            runners[variant], inputs[variant] = runner, runner.prepare(examples[chans])
+    return runners, inputs, not_timed
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(device: str) -> Iterator[None]:
+    """cuDNN's autotuner on for GPU sections (the papers' protocol), restored afterwards."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _model_names(config: BenchConfig, models: Mapping[str, nn.Module] | None) -> list[str]:
@@ -226,14 +176,13 @@ class _BenchRun:
     """One benchmark run: its results dict, saved to ``out_dir`` as it grows."""
 
     def __init__(self, config: BenchConfig, out_dir: str | Path | None, plot_y: str, command: str | None,
-                 save_every_s: float):
+                 save_every_s: float, skipped: list[dict]):
         self.config, self.plot_y, self.save_every_s = config, plot_y, save_every_s
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.input_size = (3, config.img_size, config.img_size)
         self.results = {
             "header": {**machine_info(), "command": command, "config": asdict(config), "started": _now(),
-                       "finished": None, "interrupted": False, "input_size": list(self.input_size),
-                       "matmul_gflops": {}},
+                       "finished": None, "interrupted": False, "img_sizes": list(config.img_sizes),
+                       "matmul_gflops": {}, "matmul_gflops_bf16": {}, "gpu_matmul_gflops": {}, "skipped": skipped},
             "models": {},
             "sections": [],
         }
@@ -245,50 +194,78 @@ class _BenchRun:
         write_outputs(self.results, self.out_dir, plot_y=self.plot_y if plot else None)
         self.last_save = time.monotonic()
 
-    def build(self, names: list[str], models, baselines: dict[str, str], accuracies: dict[str, float], deploy,
-              progress: bool) -> tuple[dict[str, nn.Module], dict[str, int]]:
-        """Every model in every form, with its params and MACs recorded."""
+    def build(self, names: list[str], models, baselines: dict[str, str], accuracies: dict[str, float],
+              progress: bool) -> tuple[dict[str, nn.Module], dict[int, dict[str, int]]]:
+        """Every model (training form, eval mode), with its params and MACs at every image size recorded."""
         from tqdm.auto import tqdm
 
         torch.manual_seed(self.config.seed)
-        variants, macs, start = {}, {}, time.perf_counter()
+        built, macs, start = {}, {img: {} for img in self.config.img_sizes}, time.perf_counter()
         for name in tqdm(names, desc="building models", disable=not progress, leave=False):
             model = models[name] if models is not None else create_model(name, **self.config.model_kwargs)
-            model.eval()
-            macs[name] = count_macs(model, self.input_size)
-            self.results["models"][name] = {"params": count_params(model), "macs": macs[name],
-                                            "baseline": baselines.get(name), "accuracy": accuracies.get(name)}
-            for form in self.config.forms:
-                variants[_variant(name, form)] = model if form == "train" else deploy(model).eval()
+            built[name] = model.eval()
+            chans = input_channels(model)
+            for img in self.config.img_sizes:
+                macs[img][name] = count_macs(model, (chans, img, img))
+            self.results["models"][name] = {
+                "params": count_params(model), "macs": macs[self.config.img_sizes[0]][name], "in_chans": chans,
+                "macs_by_img_size": {str(img): macs[img][name] for img in self.config.img_sizes},
+                "baseline": baselines.get(name), "accuracy": accuracies.get(name)}
             self.results["header"]["build_wall_s"] = round(time.perf_counter() - start, 1)
             self.save()
-        return variants, macs
+        return built, macs
 
     def measure_ceilings(self, sections: list[Section]) -> None:
+        """fp32 (and, where native, bf16) matmul GFLOP/s on every thread count and device the sections use."""
+        header, size = self.results["header"], self.config.matmul_size
         for threads in sorted({s.threads for s in sections if s.device == "cpu"}):
-            self.results["header"]["matmul_gflops"][str(threads)] = matmul_gflops(threads, self.config.matmul_size)
+            header["matmul_gflops"][str(threads)] = matmul_gflops(threads, size)
+            if native_bf16("cpu"):
+                header["matmul_gflops_bf16"][str(threads)] = matmul_gflops(threads, size, dtype=torch.bfloat16)
+        if any(s.device == "cuda" for s in sections):
+            header["gpu_tf32"] = dict(cudnn=torch.backends.cudnn.allow_tf32,
+                                      matmul=torch.backends.cuda.matmul.allow_tf32)
+            for dtype in ("fp32", "bf16", "fp16"):
+                if dtype != "bf16" or native_bf16("cuda"):
+                    header["gpu_matmul_gflops"][dtype] = matmul_gflops(
+                        None, GPU_MATMUL_SIZE, device="cuda", dtype=getattr(torch, LONG_DTYPE[dtype]))
         self.save()
 
-    def time_section(self, section: Section, variants: dict[str, nn.Module], baselines: dict[str, str],
+    def time_section(self, section: Section, models: dict[str, nn.Module], baselines: dict[str, str],
                      macs: dict[str, int], bar) -> None:
-        """Time every variant in alternation for ``section``, recording (and saving) after every round."""
-        bar.set_description(section.title)
+        """Make every model's runner for ``section`` and time them in alternation, recording (and saving)
+        after every round."""
+        bar.set_description(f"preparing {section.title}")
         self.results["sections"].append(None)
         start = time.perf_counter()
+        forms = section_forms(self.config, section)
+        runners, inputs, not_timed = build_runners(section, models, forms, self.config.seed)
+        startup_wall_s = round(time.perf_counter() - start, 1)
+        bar.set_description(section.title)
 
         def record(comparison: Comparison, final: bool = False) -> None:
+            ceilings = _ceilings(self.results["header"], section)
             self.results["sections"][-1] = {
-                **_section_record(section, comparison, macs, self.results["header"]["matmul_gflops"]),
-                "wall_s": round(time.perf_counter() - start, 1)}
+                **_section_record(section, comparison, macs, ceilings, runners), "not_timed": not_timed,
+                "startup_wall_s": startup_wall_s, "wall_s": round(time.perf_counter() - start, 1)}
             if not final:
                 bar.update(1)
             self.save(plot=final, force=final)
 
-        comparison = compare(
-            variants, baseline=baselines, batch_size=section.batch_size, input_size=self.input_size,
-            threads=section.threads, warmup=section.warmup, iters=section.iters, per_round=section.per_round,
-            device=section.device, amp_dtype=section.amp_dtype, channels_last=section.channels_last,
-            on_round=record)
+        if not runners:  # every model's runtime computed it wrongly: nothing to time
+            bar.update(section.iters // section.per_round)
+            record(Comparison({}, {}, section.batch_size, section.threads or 0, section.device, _precision(section),
+                              "-", rounds=0, rounds_planned=0), final=True)
+            return
+        pairs = {_variant(name, form): _variant(base, form) for name, base in baselines.items() for form in forms}
+        pairs = {variant: base for variant, base in pairs.items() if variant in runners and base in runners}
+        runs = {variant: partial(runner, inputs[variant]) for variant, runner in runners.items()}
+        with _cudnn_benchmark(section.device):
+            comparison = compare_runs(
+                runs, baseline=pairs, batch_size=section.batch_size, threads=section.threads, warmup=section.warmup,
+                iters=section.iters, per_round=section.per_round, device=section.device,
+                precision=_precision(section), memory_format="channels_last" if section.channels_last else "NCHW",
+                settings=dict(img_size=section.img_size), on_round=record)
         record(comparison, final=True)
 
     def finish(self, interrupted: bool = False) -> None:
@@ -311,38 +288,32 @@ def run_benchmark(
     progress: bool = True,
     save_every_s: float = 5.0,
 ) -> dict:
-    """Measure ``config.models`` (or the given ``models``, name -> module) and return the results.
+    """Measure ``config.models`` (or the given ``models``, name -> module) in every planned regime and return
+    the results.
 
     With ``out_dir``, ``bench.json`` and ``bench.md`` are rewritten as each model is built and
-    throughout every section, and ``bench.png`` after each section, so an interrupted run keeps what
-    it measured (its sections are marked incomplete). ``plot_y`` is 'macs' or 'accuracy' (default:
+    throughout every section, and the plots after each section, so an interrupted run keeps what it
+    measured (its sections are marked incomplete). ``plot_y`` is 'macs' or 'accuracy' (default:
     accuracy when ``accuracy_file`` is given).
     """
     from tqdm.auto import tqdm
 
     names = _model_names(config, models)
-    sections = plan_sections(config)
-    deploy = load_deploy() if "deploy" in config.forms else None
+    sections, skipped = native_sections(plan_sections(config))
+    if any(section_forms(config, s) != ("train",) for s in sections):
+        load_deploy()
     accuracies, plot_y = _check_accuracies(accuracy_file, names, plot_y)
     baselines = default_baselines(names, config.baseline)
-    run = _BenchRun(config, out_dir, plot_y, command, save_every_s)
+    run = _BenchRun(config, out_dir, plot_y, command, save_every_s, skipped_regimes(config) + skipped)
     try:
-        variants, macs = run.build(names, models, baselines, accuracies, deploy, progress)
+        built, macs = run.build(names, models, baselines, accuracies, progress)
         run.measure_ceilings(sections)
-        variant_baselines = {_variant(name, form): _variant(base, form)
-                             for name, base in baselines.items() for form in config.forms}
         total_rounds = sum(s.iters // s.per_round for s in sections)
         with tqdm(total=total_rounds, desc="timing", unit="round", disable=not progress) as bar:
             for section in sections:
-                run.time_section(section, variants, variant_baselines, macs, bar)
+                run.time_section(section, built, baselines, macs[section.img_size], bar)
     except KeyboardInterrupt:
         run.finish(interrupted=True)
         raise
     run.finish()
     return run.results
-
-
-def make_bench_config(quick: bool = False, **overrides) -> BenchConfig:
-    """The defaults (or :meth:`BenchConfig.quick`'s settings) with the non-``None`` ``overrides`` applied."""
-    base = BenchConfig.quick() if quick else BenchConfig()
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -2,9 +2,9 @@
 
 Absolute times on a shared machine drift; a claim is a ratio measured in one process with the models
 timed in alternation (``measurement.md``). :func:`time_alternating` runs every model a few calls per
-round, rotating the order each round, so slow drift hits all models alike; :func:`compare` wraps it
-for ``nn.Module`` s and reports per-model statistics and the median of per-round time ratios against
-a baseline.
+round, rotating the order each round, so slow drift hits all models alike; :func:`compare_runs` wraps
+it for any callables (runners of any runtime) and reports per-model statistics and the median of
+per-round time ratios against a baseline; :func:`compare` does the same for ``nn.Module`` s.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import InvalidValueError
+from ..runtimes import check_threads, num_threads
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -98,26 +99,6 @@ class Comparison:
 
     def images_per_s(self, name: str) -> float:
         return self.stats[name].images_per_s(self.batch_size)
-
-
-@contextlib.contextmanager
-def num_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads)`` (``None``: leave as is), then restore."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def check_threads(threads: int) -> int:
-    """Validate a thread count against this machine's cores."""
-    cores = os.cpu_count() or 1
-    if not isinstance(threads, int) or not 1 <= threads <= cores:
-        raise InvalidValueError(f"thread count must be between 1 and {cores} (this machine's cores), got {threads}")
-    return threads
 
 
 def _positive(name: str, value: int) -> int:
@@ -249,6 +230,68 @@ def check_batch_fits(batch_size: int, input_size: tuple[int, int, int], device: 
                                 "memory; use a smaller batch size")
 
 
+@contextlib.contextmanager
+def _out_of_memory_as_user_error(batch_size: int, device: torch.device) -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as exc:
+        if _out_of_memory(exc):
+            raise InvalidValueError(f"batch size {batch_size} does not fit in {device.type} memory for these models; "
+                                    f"use a smaller batch size") from exc
+        raise
+
+
+def compare_runs(
+    runs: Mapping[str, Callable[[], object]],
+    *,
+    baseline: str | Mapping[str, str] | None = None,
+    batch_size: int = 1,
+    threads: int | None = 1,
+    warmup: int = 10,
+    iters: int = 200,
+    per_round: int = 1,
+    device: str | torch.device = "cpu",
+    time_each_call: bool | None = None,
+    precision: str = "float32",
+    memory_format: str = "NCHW",
+    settings: Mapping[str, object] | None = None,
+    on_round: Callable[[Comparison], None] | None = None,
+) -> Comparison:
+    """Time the zero-argument callables ``runs`` (each one call of a model on its input) in alternation.
+
+    ``baseline``, ``threads``, ``warmup``, ``iters``, ``per_round`` and ``on_round`` as :func:`compare`;
+    ``batch_size``, ``precision``, ``memory_format`` and ``settings`` describe what the calls do, for the
+    result. On CUDA each round's ``per_round`` calls are timed as one block between synchronisations
+    unless ``time_each_call`` says otherwise.
+    """
+    device = resolve_device(device)
+    baselines = _resolve_baselines(list(runs), baseline)
+    _positive("batch_size", batch_size)
+    _positive("iters", iters)
+    _positive("per_round", per_round)
+    if threads is not None:
+        check_threads(threads)
+    if time_each_call is None:
+        time_each_call = device.type == "cpu"
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    rounds_planned = iters // per_round
+
+    def result(times: Mapping[str, np.ndarray], rounds: int) -> Comparison:
+        stats, ratios = summarise(times, baselines)
+        return Comparison(
+            stats=stats, ratios=ratios, batch_size=batch_size, threads=torch.get_num_threads(), device=str(device),
+            precision=precision, memory_format=memory_format, rounds=rounds, rounds_planned=rounds_planned,
+            settings=dict(warmup=warmup, iters=iters, per_round=per_round, time_each_call=time_each_call,
+                          **(settings or {})),
+        )
+
+    report_round = None if on_round is None else (lambda done, times: on_round(result(times, done)))
+    with _out_of_memory_as_user_error(batch_size, device), num_threads(threads):
+        times = time_alternating(runs, iters=iters, warmup=warmup, per_round=per_round,
+                                 time_each_call=time_each_call, synchronize=sync, on_round=report_round)
+        return result(times, rounds_planned)
+
+
 def compare(
     models: Mapping[str, nn.Module],
     *,
@@ -276,11 +319,8 @@ def compare(
     after every round, so callers can save what was measured before an interruption.
     """
     device = resolve_device(device)
-    names = list(models)
-    baselines = _resolve_baselines(names, baseline)
+    _resolve_baselines(list(models), baseline)
     _positive("batch_size", batch_size)
-    _positive("iters", iters)
-    _positive("per_round", per_round)
     if threads is not None:
         check_threads(threads)
     if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
@@ -288,40 +328,19 @@ def compare(
     if len(input_size) != 3:
         raise InvalidValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
     check_batch_fits(batch_size, input_size, device)
-    if time_each_call is None:
-        time_each_call = device.type == "cpu"
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    rounds_planned = iters // per_round
-
-    def result(times: Mapping[str, np.ndarray], rounds: int) -> Comparison:
-        stats, ratios = summarise(times, baselines)
-        return Comparison(
-            stats=stats, ratios=ratios, batch_size=batch_size,
-            threads=torch.get_num_threads(), device=str(device),
-            precision=f"amp {amp_dtype}" if amp_dtype else "float32",
-            memory_format="channels_last" if channels_last else "NCHW",
-            rounds=rounds, rounds_planned=rounds_planned,
-            settings=dict(warmup=warmup, iters=iters, per_round=per_round, time_each_call=time_each_call,
-                          input_size=list(input_size)),
-        )
-
-    report_round = None if on_round is None else (lambda done, times: on_round(result(times, done)))
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = device.type == "cuda" or cudnn_benchmark
     try:
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        x = torch.randn(batch_size, *input_size, device=device).contiguous(memory_format=memory_format)
-        amp = AMP_DTYPES[amp_dtype] if amp_dtype else None
-        runs = {name: _forward(_prepare(model, device, channels_last), x, amp) for name, model in models.items()}
-        with num_threads(threads):
-            times = time_alternating(runs, iters=iters, warmup=warmup, per_round=per_round,
-                                     time_each_call=time_each_call, synchronize=sync, on_round=report_round)
-            return result(times, rounds_planned)
-    except RuntimeError as exc:
-        if _out_of_memory(exc):
-            raise InvalidValueError(f"batch size {batch_size} does not fit in {device.type} memory for these models; "
-                                    f"use a smaller batch size") from exc
-        raise
+        with _out_of_memory_as_user_error(batch_size, device):
+            memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            x = torch.randn(batch_size, *input_size, device=device).contiguous(memory_format=memory_format)
+            amp = AMP_DTYPES[amp_dtype] if amp_dtype else None
+            runs = {name: _forward(_prepare(model, device, channels_last), x, amp) for name, model in models.items()}
+        return compare_runs(runs, baseline=baseline, batch_size=batch_size, threads=threads, warmup=warmup,
+                            iters=iters, per_round=per_round, device=device, time_each_call=time_each_call,
+                            precision=f"amp {amp_dtype}" if amp_dtype else "float32",
+                            memory_format="channels_last" if channels_last else "NCHW",
+                            settings=dict(input_size=list(input_size)), on_round=on_round)
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
 
@@ -331,9 +350,9 @@ def measure_latency(model: nn.Module, **kwargs) -> TimingStats:
     return compare({"model": model}, **kwargs).stats["model"]
 
 
-def matmul_gflops(threads: int | None = 1, size: int = 2048, iters: int = 5,
-                  device: str | torch.device = "cpu") -> float:
-    """GFLOP/s of a ``size`` x ``size`` fp32 matrix product: the machine's practical ceiling.
+def matmul_gflops(threads: int | None = 1, size: int = 2048, iters: int = 5, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a ``size`` x ``size`` matrix product in ``dtype``: the machine's practical ceiling.
 
     Median over ``iters`` timed products after one warm-up, with ``threads`` intra-op threads.
     """
@@ -343,8 +362,8 @@ def matmul_gflops(threads: int | None = 1, size: int = 2048, iters: int = 5,
     if threads is not None:
         check_threads(threads)
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=gen).to(device)
-    b = torch.randn(size, size, generator=gen).to(device)
+    a = torch.randn(size, size, generator=gen).to(device, dtype)
+    b = torch.randn(size, size, generator=gen).to(device, dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     with num_threads(threads):
         times = time_alternating({"matmul": lambda: torch.mm(a, b)}, iters=iters, warmup=1, synchronize=sync)

@@ -1,4 +1,5 @@
-"""``patnet bench``: compare backbones' size and speed on this machine (flags -> :class:`BenchConfig`)."""
+"""``patnet bench``: compare backbones' size and speed on this machine, over the regime matrix (runtimes,
+precisions, threads, image sizes), flags -> :class:`BenchConfig`."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +8,14 @@ import shlex
 import sys
 
 from ..bench import BenchConfig, default_models, make_bench_config, print_report, run_benchmark, warn_if_busy
-from ..bench.runner import FORMS
+from ..bench.plan import FORMS
 from ..errors import InvalidValueError
+from ..runtimes import GPU_DTYPES, RUNTIMES
 from .common import config_overrides
 
 GPU_OPTIONS = ("gpu_batch", "gpu_warmup", "gpu_iters", "gpu_per_round", "amp_dtype")
+FLAG_NAMES = {"latency_threads": "threads", "runtimes": "runtime", "dtypes": "dtype"}  # dest -> flag
+NEGATABLE = ("cpu", "gpu", "throughput")
 DEFAULTS = BenchConfig()
 
 
@@ -20,12 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"timm model names (default: {' '.join(default_models())})")
     parser.add_argument("--baseline", metavar="MODEL", help="model every other model is compared with when it has no "
                         "fasternet_X partner (added to the models if missing)")
-    parser.add_argument("--forms", nargs="+", choices=FORMS,
-                        help="training form (eval, unfolded) and/or deploy form (BN folded); default both")
-    parser.add_argument("--img-size", type=int, metavar="N",
-                        help=f"input height and width (default {DEFAULTS.img_size})")
+    parser.add_argument("--forms", nargs="+", choices=FORMS, help="training form (eval, unfolded) and/or deploy "
+                        "form (BN folded) for the eager runtime; default both (other runtimes run the deploy form)")
+    parser.add_argument("--runtime", dest="runtimes", nargs="+", choices=RUNTIMES, metavar="RUNTIME",
+                        help=f"runtimes, each a regime: {', '.join(RUNTIMES)} (default eager)")
+    parser.add_argument("--dtype", dest="dtypes", nargs="+", choices=GPU_DTYPES, metavar="DTYPE",
+                        help="precisions, each a regime: fp32, bf16 (where the hardware has it natively), fp16 "
+                        "(GPU only) (default fp32)")
+    parser.add_argument("--img-size", type=int, nargs="+", metavar="N",
+                        help=f"input heights and widths, each a regime (default {DEFAULTS.img_size}); the channels "
+                        "are each model's own in_chans")
     parser.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for every "
-                        "timm.create_model call, as a JSON object, e.g. '{\"num_classes\": 10}'")
+                        "timm.create_model call, as a JSON object, e.g. '{\"num_classes\": 10, \"in_chans\": 1}'")
     parser.add_argument("--out-dir", default="bench-results", metavar="DIR",
                         help="where bench.json, bench.md and bench.png go (default: bench-results)")
     parser.add_argument("--accuracy", metavar="FILE", help="top-1 accuracies (JSON {model: top1} or CSV with "
@@ -37,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, metavar="N", help="seed for model initialisation")
 
     cpu = parser.add_argument_group("CPU latency (papers' protocol: batch 1, 1 thread, 10 + 200 calls)")
+    cpu.add_argument("--cpu", action=argparse.BooleanOptionalAction, help="measure on the CPU (default: yes; "
+                     "--no-cpu with a GPU measures the GPU only)")
     cpu.add_argument("--threads", dest="latency_threads", type=int, nargs="+", metavar="N",
                      help="thread counts to measure latency with (default: 1 and all cores)")
     cpu.add_argument("--latency-batch", type=int, metavar="N", help=f"default {DEFAULTS.latency_batch}")
@@ -48,20 +60,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      f"(default {DEFAULTS.matmul_size})")
 
     tp = parser.add_argument_group("CPU throughput")
+    tp.add_argument("--throughput", action=argparse.BooleanOptionalAction,
+                    help="measure CPU throughput in every regime (default: yes)")
     tp.add_argument("--throughput-batch", type=int, metavar="N", help=f"default {DEFAULTS.throughput_batch}")
     tp.add_argument("--throughput-threads", type=int, metavar="N", help="default: all cores")
     tp.add_argument("--throughput-warmup", type=int, metavar="N", help=f"default {DEFAULTS.throughput_warmup}")
     tp.add_argument("--throughput-iters", type=int, metavar="N", help=f"default {DEFAULTS.throughput_iters}")
 
-    gpu = parser.add_argument_group("GPU throughput (fp32 NCHW and AMP channels-last)")
+    gpu = parser.add_argument_group("GPU throughput (fp32 NCHW and AMP channels-last; eager and compile runtimes)")
     gpu.add_argument("--gpu", action=argparse.BooleanOptionalAction,
                      help="measure on the GPU (default: when CUDA is available; any GPU option implies --gpu)")
-    gpu.add_argument("--gpu-batch", type=int, metavar="N", help=f"default {DEFAULTS.gpu_batch}")
+    gpu.add_argument("--gpu-batch", type=int, nargs="+", metavar="N",
+                     help=f"batch sizes, each a regime (default {' '.join(map(str, DEFAULTS.gpu_batches))})")
     gpu.add_argument("--gpu-warmup", type=int, metavar="N", help=f"default {DEFAULTS.gpu_warmup}")
     gpu.add_argument("--gpu-iters", type=int, metavar="N", help=f"default {DEFAULTS.gpu_iters}")
     gpu.add_argument("--gpu-per-round", type=int, metavar="N", help="calls timed as one block between synchronisations "
                      f"(default {DEFAULTS.gpu_per_round}; must divide --gpu-iters)")
-    gpu.add_argument("--amp-dtype", choices=("float16", "bfloat16"), help=f"default {DEFAULTS.amp_dtype}")
+    gpu.add_argument("--amp-dtype", choices=("float16", "bfloat16"), help=f"AMP precision measured besides fp32 and "
+                     f"--dtype (default {DEFAULTS.amp_dtype})")
 
 
 def _model_kwargs(text: str | None) -> dict | None:
@@ -93,15 +109,15 @@ def command_line(args: argparse.Namespace) -> str:
     """The command as given (options in canonical order), for the report header."""
     words = ["patnet", "bench", *args.models]
     for name, value in vars(args).items():
-        if name in ("models", "command") or value is None or value is False:
+        if name in ("models", "command") or value is None or (value is False and name not in NEGATABLE):
             continue
-        flag = "--" + ("threads" if name == "latency_threads" else name.replace("_", "-"))
-        if value is True:
+        flag = "--" + FLAG_NAMES.get(name, name).replace("_", "-")
+        if value is False:
+            words.append(flag.replace("--", "--no-", 1))
+        elif value is True:
             words.append(flag)
         else:
             words += [flag, *map(str, value if isinstance(value, list) else [value])]
-    if args.gpu is False:
-        words.append("--no-gpu")
     return shlex.join(words)
 
 
@@ -115,6 +131,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"patnet bench: what was measured before the interruption is in {args.out_dir}/", file=sys.stderr)
         raise
     print_report(results)
-    print("\nwrote bench.json, bench.md" + (", bench.png" if results["header"].get("plot") else "")
-          + f" to {args.out_dir}/")
+    plots = [results["header"][key] for key in ("plot", "ratio_plot") if results["header"].get(key)]
+    print("\nwrote " + ", ".join(["bench.json", "bench.md", *plots]) + f" to {args.out_dir}/")
     return 0
