@@ -7,7 +7,7 @@ per-round ratios (p10-p90 in brackets). Two measurements per pair:
 - backbone + FPN (256 channels, strides 4-32 and a pooled level) on a 3 x 800 x 1344 input: COCO's 1333 x 800
   resize padded to a multiple of 32, as Mask R-CNN feeds its backbone;
 - the whole Mask R-CNN (the `fm-scenes` preset) on a 1 x 128 x 128 canvas, with the score threshold at 0 so
-  both detectors keep the same number of detections (50) and their heads do the same work.
+  both detectors keep the same number of detections (the preset's 30) and their heads do the same work.
 
     .venv/bin/python scripts/detection_speed.py            # writes docs/detection/speed.md and speed.json
     .venv/bin/python scripts/detection_speed.py --quick    # a smoke test
@@ -97,7 +97,7 @@ def to_markdown(results: dict) -> str:
              "| model | ms | FasterNet ms | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['model_ms']:.1f} | {r['baseline_ms']:.1f} | {r['ratio']:.3f} "
               f"({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) |" for r in results["backbone_fpn"]]
-    lines += ["", "## Whole Mask R-CNN (`fm-scenes` preset) on a 1 x 128 x 128 scene, 50 detections kept", "",
+    lines += ["", "## Whole Mask R-CNN (`fm-scenes` preset) on a 1 x 128 x 128 canvas, 30 detections kept", "",
               "| backbone | ms | FasterNet ms | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['model_ms']:.1f} | {r['baseline_ms']:.1f} | {r['ratio']:.3f} "
               f"({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) |" for r in results["detector"]]

@@ -142,7 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                       anchor_sizes=(8, 16, 32, 64, 128), box_head_dim=256, mask_head_layers=(64, 64), hflip=0.5,
                       detector_kwargs=dict(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
                                            rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=150,
-                                           box_batch_size_per_image=64, box_detections_per_img=50)),
+                                           box_batch_size_per_image=64, box_detections_per_img=30)),
 }
 
 

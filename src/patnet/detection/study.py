@@ -50,8 +50,8 @@ class DetectionStudyPlan:
 PLANS = {
     "full": DetectionStudyPlan(
         "full", seeds=2,
-        scenes=dict(canvas=128, min_items=2, max_items=4, min_scale=1.0, max_scale=2.5, train_canvases=3000,
-                    val_canvases=500),
+        scenes=dict(canvas=128, min_items=2, max_items=4, min_scale=1.0, max_scale=2.5, train_canvases=2500,
+                    val_canvases=300),
         pretrain={**RECIPE, "epochs": 3},
         detect=dict(epochs=4, lr_steps=(3,))),
     "quick": DetectionStudyPlan(
