@@ -160,7 +160,8 @@ def test_coco_targets_map_category_ids_clip_boxes_and_drop_crowds(tmp_path, recw
     _, empty = dataset[1]  # an image without annotations is a valid, empty target
     assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 40, 60)
     flipped_image, flipped = hflip(image, target)
-    assert flipped["boxes"][1].tolist() == [20.0, 5.0, 30.0, 15.0] and torch.equal(flipped_image[..., 0], image[..., -1])
+    assert flipped["boxes"][1].tolist() == [20.0, 5.0, 30.0, 15.0]
+    assert torch.equal(flipped_image[..., 0], image[..., -1])
 
 
 def test_unusable_annotations_and_missing_images_are_skipped_with_a_count(tmp_path):
@@ -240,9 +241,10 @@ def test_eval_detections_equals_pycocotools_called_directly(tmp_path, capsys):
 
 
 def test_empty_results_score_zero():
-    from patnet.data.coco import load_coco
     import tempfile
     from pathlib import Path
+
+    from patnet.data.coco import load_coco
     root = write_coco(Path(tempfile.mkdtemp()), annotations=[box_ann(1, 1, 3, [2, 2, 20, 20])])
     metrics = evaluate_results(load_coco(root / "annotations" / "instances_val.json"), [], ("bbox",))
     assert metrics["bbox_AP"] == 0.0

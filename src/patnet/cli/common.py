@@ -41,6 +41,18 @@ class KeywordArguments(argparse.Action):
         setattr(namespace, self.dest, keywords)
 
 
+def add_config_options(parser: argparse.ArgumentParser, options: list[tuple], defaults) -> None:
+    """Flags that each set one field of a config dataclass: ``(flags, field, kind, help)`` rows, ``kind`` a type,
+    ``"store_true"``, ``"bool"`` (``--x/--no-x``), ``"int+"`` (one or more integers) or
+    :class:`KeywordArguments`. Every flag defaults to ``None`` (not given), and its help shows ``defaults``' value."""
+    actions = {"store_true": dict(action="store_true"), "bool": dict(action=argparse.BooleanOptionalAction),
+               "int+": dict(type=int, nargs="+"), KeywordArguments: dict(nargs="*", action=KeywordArguments)}
+    for flags, name, kind, help_text in options:
+        default = getattr(defaults, name)
+        help_text += f" (default: {default})" if default not in (None, {}) else ""
+        parser.add_argument(*flags, dest=name, default=None, help=help_text, **actions.get(kind, dict(type=kind)))
+
+
 def config_overrides(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
     """The flags given on the command line that set fields of dataclass ``config_class``, by field name.
 

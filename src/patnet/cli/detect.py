@@ -10,8 +10,6 @@ import json
 import shlex
 from pathlib import Path
 
-from timm.utils import ParseKwargs
-
 from ..detection.coco_eval import (
     evaluate_results,
     load_results,
@@ -30,7 +28,13 @@ from ..detection.inference import (
 from ..detection.models import ARCHS
 from ..errors import InvalidValueError
 from ..fileio import write_text_atomic
-from .common import DEVICE_HELP, add_device_argument, config_overrides
+from .common import (
+    DEVICE_HELP,
+    KeywordArguments,
+    add_config_options,
+    add_device_argument,
+    config_overrides,
+)
 
 _DEFAULTS = DetectConfig()
 
@@ -38,7 +42,7 @@ _DEFAULTS = DetectConfig()
 _TRAIN_OPTIONS = [
     (("--arch",), "arch", str, f"detector: {', '.join(ARCHS)}"),
     (("--backbone",), "backbone", str, "timm model name"),
-    (("--backbone-kwargs",), "backbone_kwargs", ParseKwargs, "extra backbone arguments, KEY=VALUE ..."),
+    (("--backbone-kwargs",), "backbone_kwargs", KeywordArguments, "extra backbone arguments, KEY=VALUE ..."),
     (("--backbone-weights",), "backbone_weights", str, "a `patnet train` run/checkpoint or a weights file"),
     (("--dataset",), "dataset", str, f"one of {', '.join(DATASETS)}"),
     (("--data-dir",), "data_dir", str, "COCO folder (annotations/instances_<split>.json, <split>/); where "
@@ -62,7 +66,7 @@ _TRAIN_OPTIONS = [
     (("--anchor-sizes",), "anchor_sizes", "int+", "anchor size per pyramid level"),
     (("--box-head-dim",), "box_head_dim", int, "width of the R-CNN box head"),
     (("--mask-head-layers",), "mask_head_layers", "int+", "widths of Mask R-CNN's mask-head convs"),
-    (("--detector-kwargs",), "detector_kwargs", ParseKwargs, "torchvision detector arguments, KEY=VALUE ... "
+    (("--detector-kwargs",), "detector_kwargs", KeywordArguments, "torchvision detector arguments, KEY=VALUE ... "
                                                              "(e.g. box_detections_per_img=50)"),
     (("--hflip",), "hflip", float, "horizontal-flip probability"),
     (("--amp",), "amp", "store_true", "mixed precision (float16 on CUDA, bfloat16 on CPU)"),
@@ -77,19 +81,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a named recipe (coco-1x: the "
                         "authors' Mask R-CNN 1x; fm-scenes: Fashion-MNIST scenes on a CPU)")
     parser.add_argument("--resume", metavar="PATH", help="continue a run: its directory or a checkpoint in it")
-    for flags, name, kind, help_text in _TRAIN_OPTIONS:
-        default = getattr(_DEFAULTS, name)
-        help_text += f" (default: {default})" if default not in (None, {}) else ""
-        if kind == "store_true":
-            parser.add_argument(*flags, dest=name, action="store_true", default=None, help=help_text)
-        elif kind == "bool":
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif kind == "int+":
-            parser.add_argument(*flags, dest=name, type=int, nargs="+", default=None, help=help_text)
-        elif kind is ParseKwargs:
-            parser.add_argument(*flags, dest=name, nargs="*", action=ParseKwargs, default=None, help=help_text)
-        else:
-            parser.add_argument(*flags, dest=name, type=kind, default=None, help=help_text)
+    add_config_options(parser, _TRAIN_OPTIONS, _DEFAULTS)
 
 
 def _add_eval(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import argparse
 from ..data import DATASETS
 from ..engine import PRESETS, TrainConfig, make_config, resume_config, train
 from ..errors import InvalidValueError
-from .common import DEVICE_HELP, KeywordArguments, config_overrides
+from .common import DEVICE_HELP, KeywordArguments, add_config_options, config_overrides
 
 _DEFAULTS = TrainConfig()
 
@@ -59,14 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a named recipe "
                         "(quick: short Fashion-MNIST run; paper-*: the authors' ImageNet recipe per variant)")
     parser.add_argument("--resume", metavar="PATH", help="continue a run: its directory or a checkpoint in it")
-    for flags, name, kind, help_text in _OPTIONS:
-        help_text += f" (default: {getattr(_DEFAULTS, name)})" if getattr(_DEFAULTS, name) not in (None, {}) else ""
-        if kind == "store_true":
-            parser.add_argument(*flags, dest=name, action="store_true", default=None, help=help_text)
-        elif kind is KeywordArguments:
-            parser.add_argument(*flags, dest=name, nargs="*", action=KeywordArguments, default=None, help=help_text)
-        else:
-            parser.add_argument(*flags, dest=name, type=kind, default=None, help=help_text)
+    add_config_options(parser, _OPTIONS, _DEFAULTS)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

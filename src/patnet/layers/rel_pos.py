@@ -12,7 +12,6 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-
 SHAPES_KEPT = 8  # per-shape caches keep the most recently used map shapes (detection sees many sizes)
 
 

@@ -114,8 +114,9 @@ def to_markdown(results: dict) -> str:
     ratio_head = f"Latency / {results['rows'][0]['label'].split(' (')[0]}"
     headers = ["Model", "Seeds", "Test top-1 (%)", "Best", "Params (M)", "MACs (M)", "Latency (ms)", ratio_head,
                "Train img/s"]
-    table = [[row["label"], str(len(row["top1"])), format_mean_std(row["top1_mean"], row["top1_std"]), f"{row['top1_best']:.2f}",
-              f"{row['params'] / 1e6:.2f}", f"{row['macs'] / 1e6:.1f}", f"{row['latency_ms']:.2f}",
+    table = [[row["label"], str(len(row["top1"])), format_mean_std(row["top1_mean"], row["top1_std"]),
+              f"{row['top1_best']:.2f}", f"{row['params'] / 1e6:.2f}", f"{row['macs'] / 1e6:.1f}",
+              f"{row['latency_ms']:.2f}",
               f"{row['ratio']:.2f} [{row['ratio_p10']:.2f}, {row['ratio_p90']:.2f}]",
               f"{row['train_images_per_s']:.0f}"] for row in results["rows"]]
     size = "x".join(map(str, results["rows"][0]["input_size"]))
@@ -139,7 +140,8 @@ def to_markdown(results: dict) -> str:
         lines += ["## Full-study estimate", "",
                   "From this run's per-variant training rates and per-epoch evaluation time, one epoch of every run "
                   f"of the full study takes about {format_duration(results['estimate_full_s'] / epochs)}, so "
-                  f"`patnet study` ({epochs} epochs) would train for about {format_duration(results['estimate_full_s'])}.",
+                  f"`patnet study` ({epochs} epochs) would train for about "
+                  f"{format_duration(results['estimate_full_s'])}.",
                   ""]
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from ..data import build_dataset, dataset_info, write_train_subset
 from ..deploy import deploy
 from ..engine import checkpoint as ckpt
 from ..engine import train
+from ..engine.config import upgrade_config
 from ..engine.inference import load_trained_model
 from ..errors import InvalidValueError
 from ..fileio import write_text_atomic
@@ -31,7 +32,16 @@ from .plan import (
     subset_dir,
     tuning_runs,
 )
-from .report import JSON_NAME, MARKDOWN_NAME, PLOT_NAME, estimate_full_s, plot, summarize, to_markdown, tuning_markdown
+from .report import (
+    JSON_NAME,
+    MARKDOWN_NAME,
+    PLOT_NAME,
+    estimate_full_s,
+    plot,
+    summarize,
+    to_markdown,
+    tuning_markdown,
+)
 
 
 def saved_state(run: Run) -> dict | None:
@@ -40,10 +50,10 @@ def saved_state(run: Run) -> dict | None:
     if not (run.dir / "last").exists():
         return None
     state = ckpt.load_state(ckpt.resolve_checkpoint(run.dir))
-    planned = run.config.to_dict()
-    for key, value in planned.items():
-        if key not in PLACE_FIELDS and as_json(state["config"].get(key)) != as_json(value):
-            raise InvalidValueError(f"{run.dir} was trained with {key}={state['config'].get(key)!r} but the study's "
+    stored = upgrade_config(state["config"], state.get("config_version", 1))  # a run of an older release
+    for key, value in run.config.to_dict().items():
+        if key not in PLACE_FIELDS and as_json(stored.get(key)) != as_json(value):
+            raise InvalidValueError(f"{run.dir} was trained with {key}={stored.get(key)!r} but the study's "
                                     f"recipe has {value!r}; move that run away or pass another --output")
     return state
 
