@@ -50,3 +50,9 @@ def test_export_cli_with_checkpoint(tmp_path, small_model, capsys):
     with pytest.raises(SystemExit):
         main(["export", "--model", "patnet_t0", "--output", str(tmp_path / "m.tflite")])
     assert "--output must end in .onnx" in capsys.readouterr().err
+
+
+def test_export_cli_writes_checked_openvino_ir(tmp_path, capsys):
+    assert main(["export", "--model", "patnet_t0", "--img-size", "96", "96", "--output", str(tmp_path / "t0.xml")]) == 0
+    assert "OpenVINO IR" in capsys.readouterr().out
+    assert (tmp_path / "t0.xml").stat().st_size > 0 and (tmp_path / "t0.bin").stat().st_size > 1_000_000

@@ -28,6 +28,7 @@ from .errors import InvalidTypeError, InvalidValueError, MissingFileError, UserE
 from .fileio import atomic_path
 from .models import check_model_name, checkpoint_filter_fn, create_model, patnet_variants
 from .models.patnet import read_weights_file
+from .runtimes.runner import output_difference
 
 OPSET = 18
 FORBIDDEN_ONNX_OPS = ("ScatterND",)
@@ -40,11 +41,6 @@ class ExportReport:
     max_abs_diff: float
     relative_diff: float
     op_types: Sequence[str] = ()
-
-
-def _relative(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
-    diff = (reference - other).abs().max().item()
-    return diff, diff / max(reference.abs().max().item(), 1e-12)
 
 
 def _check_example(example: torch.Tensor) -> None:
@@ -81,7 +77,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynam
         inputs = torch.cat([example, example.flip(0)]) if dynamic_batch else example
         expected = folded(inputs)
         output = torch.from_numpy(session.run(None, {"input": inputs.numpy()})[0])
-        max_abs, relative = _relative(expected, output)
+        max_abs, relative = output_difference(expected, output)
         if relative > rtol:
             raise RuntimeError(f"onnxruntime output differs from PyTorch by {relative:.2e} of its scale "
                                f"(allowed {rtol:.0e})")
@@ -98,7 +94,7 @@ def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor
     with atomic_path(path) as tmp:
         torch.jit.save(scripted, str(tmp))
         loaded = torch.jit.load(str(tmp))
-        max_abs, relative = _relative(folded(example), loaded(example))
+        max_abs, relative = output_difference(folded(example), loaded(example))
         if relative > rtol:
             raise RuntimeError(f"TorchScript output differs from PyTorch by {relative:.2e} of its scale")
     return ExportReport(path, "torchscript", max_abs, relative)
@@ -194,8 +190,9 @@ def _check_arguments(output: str | Path, img_size: Sequence[int], in_chans: Opti
             raise InvalidValueError(f"{flag} {value} is invalid: expected an integer >= {low}"
                                     f"{' (0: the pooled features, without the classifier)' if low == 0 else ''}")
     suffix = Path(output).suffix.lower()
-    if suffix not in (".onnx", ".pt", ".ts"):
-        raise InvalidValueError(f"--output must end in .onnx (ONNX) or .pt/.ts (TorchScript), got {str(output)!r}")
+    if suffix not in (".onnx", ".xml", ".pt", ".ts"):
+        raise InvalidValueError(f"--output must end in .onnx (ONNX), .xml (OpenVINO IR) or .pt/.ts (TorchScript), "
+                                f"got {str(output)!r}")
     return suffix
 
 
@@ -216,7 +213,8 @@ def export_model(name: Optional[str], output: str | Path, checkpoint: Optional[s
                  img_size: tuple[int, int] = (224, 224), in_chans: Optional[int] = None,
                  num_classes: Optional[int] = None, dynamic_batch: bool = False) -> ExportReport:
     """Build model ``name`` (with ``checkpoint``'s weights, see :func:`build_for_export`) and export its
-    deployment form to ``output``: ONNX for ``.onnx``, TorchScript for ``.pt``/``.ts``; verified on a seeded
+    deployment form to ``output``: ONNX for ``.onnx``, OpenVINO IR for ``.xml`` (with its ``.bin``), TorchScript
+    for ``.pt``/``.ts``; verified against eager PyTorch on a seeded
     ``img_size`` example. The memory the export needs is estimated first: a size too large is an error."""
     suffix = _check_arguments(output, img_size, in_chans, num_classes)
     model = build_for_export(name, checkpoint, in_chans, num_classes)
@@ -230,4 +228,8 @@ def export_model(name: Optional[str], output: str | Path, checkpoint: Optional[s
         _check_input_size(model, example)
         if suffix == ".onnx":
             return export_onnx(model, output, example, dynamic_batch=dynamic_batch)
+        if suffix == ".xml":
+            from .runtimes import export_openvino
+
+            return export_openvino(model, output, example, dynamic_batch=dynamic_batch)
         return export_torchscript(model, output, example)

@@ -9,7 +9,8 @@ from ..export import OPSET, export_model
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="timm model name, e.g. patnet_t2 (optional with a `patnet train` "
                         "checkpoint, which names its model; if given it must match)")
-    parser.add_argument("--output", required=True, help="FILE.onnx, or FILE.pt/.ts for TorchScript")
+    parser.add_argument("--output", required=True, help="FILE.onnx (ONNX), FILE.xml (OpenVINO IR, with its .bin) "
+                        "or FILE.pt/.ts (TorchScript)")
     parser.add_argument("--checkpoint", default=None, help="weights to load: a `patnet train` run folder, its "
                         "best/ or last/ checkpoint, or a plain state dict / safetensors file")
     parser.add_argument("--img-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
@@ -28,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
     if report.fmt == "onnx":
         print(f"wrote {report.path} (ONNX opset {OPSET}); onnxruntime vs PyTorch: max |diff| "
               f"{report.max_abs_diff:.2e}, {report.relative_diff:.2e} of the output's scale")
+    elif report.fmt == "openvino":
+        print(f"wrote {report.path} and {report.path.with_suffix('.bin')} (OpenVINO IR); OpenVINO f32 vs PyTorch: "
+              f"{report.relative_diff:.2e} of the output's scale")
     else:
         print(f"wrote {report.path} (TorchScript); reloaded vs PyTorch: max |diff| {report.max_abs_diff:.2e}")
     return 0

@@ -104,10 +104,17 @@ def input_channels(model: nn.Module) -> int:
     return first.in_channels if first is not None else 3
 
 
-def relative_difference(reference: Tensor, other: Tensor) -> float:
-    """Largest absolute difference of ``other`` from ``reference``, as a fraction of ``reference``'s scale."""
+def output_difference(reference: Tensor, other: Tensor) -> tuple[float, float]:
+    """Largest absolute difference of ``other`` from ``reference``, and that as a fraction of ``reference``'s
+    scale (its largest absolute value)."""
     reference, other = reference.float().cpu(), other.float().cpu()
-    return (reference - other).abs().max().item() / max(reference.abs().max().item(), 1e-12)
+    largest = (reference - other).abs().max().item()
+    return largest, largest / max(reference.abs().max().item(), 1e-12)
+
+
+def relative_difference(reference: Tensor, other: Tensor) -> float:
+    """:func:`output_difference` as a fraction of the reference's scale."""
+    return output_difference(reference, other)[1]
 
 
 def tolerance(dtype: str, device: torch.device) -> float:
