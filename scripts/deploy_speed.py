@@ -199,7 +199,8 @@ def to_markdown(r: dict) -> str:
     lines += ["", "## CPU throughput, batch 32, 2 threads", "", "| model | img/s | FasterNet img/s | time ratio |",
               "|---|---|---|---|"]
     for row in r["throughput_b32"]:
-        lines.append(f"| {row['model']} | {row['model_img_s']:.1f} | {row['baseline_img_s']:.1f} | {row['ratio']:.3f} |")
+        lines.append(f"| {row['model']} | {row['model_img_s']:.1f} | {row['baseline_img_s']:.1f} "
+                     f"| {row['ratio']:.3f} |")
     e = r["efficiency"]
     lines += ["", "## Efficiency, one thread", "",
               f"patnet_t2: {e['patnet_t2_gflops']:.1f} GFLOP/s ({e['patnet_t2_ms']:.2f} ms); fasternet_t2: "
@@ -212,8 +213,9 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| {row['variant']} | {row['ms']:.2f} | {row['ratio_to_default']:.3f} |")
     comp = r["compile"]
     lines += ["", "## torch.compile (inductor, CPU), patnet_t2 deploy form, one thread", ""]
-    lines.append(f"compile {comp['compile_s']:.0f} s; eager {comp['eager_ms']:.2f} ms, compiled {comp['compiled_ms']:.2f} ms, "
-                 f"ratio {comp['ratio']:.3f}" if "error" not in comp else f"failed: {comp['error']}")
+    lines.append(f"compile {comp['compile_s']:.0f} s; eager {comp['eager_ms']:.2f} ms, "
+                 f"compiled {comp['compiled_ms']:.2f} ms, ratio {comp['ratio']:.3f}"
+                 if "error" not in comp else f"failed: {comp['error']}")
     o = r["onnx"]
     lines += ["", "## ONNX (opset 18) through onnxruntime, patnet_t2, one thread", "",
               f"parity: max |diff| {o['max_abs_diff']:.2e} ({o['relative_diff']:.2e} of the output scale); "

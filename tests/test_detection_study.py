@@ -6,6 +6,7 @@ import pytest
 
 from patnet.detection import study
 from patnet.detection.study_report import METRICS
+from patnet.study import runner as study_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +64,7 @@ def test_the_detectors_start_from_the_pretrained_backbones(tiny_study):
 def test_a_second_invocation_trains_nothing(tiny_study, monkeypatch):
     root, results = tiny_study
     monkeypatch.setattr(study, "train_detector", lambda *a, **k: pytest.fail("a finished run was trained again"))
-    monkeypatch.setattr(study, "train_all", lambda runs, log: 0)
+    monkeypatch.setattr(study_runner, "train", lambda *a, **k: pytest.fail("a finished pretraining ran again"))
     again = study.run_detection_study(TINY, root / "out", root / "report", "again", log=quiet)
     assert [row["bbox_AP"] for row in again["rows"]] == [row["bbox_AP"] for row in results["rows"]]
     assert [i["epochs_trained"] for i in again["invocations"]] == [2 + 4, 0]

@@ -36,7 +36,8 @@ def official_state_dict(seed=0):
         elif key.endswith(("norm.weight", "bn.weight", "norm2.weight", "mlp.1.weight")) and len(shape) == 1:
             state[key] = torch.rand(shape, generator=gen) + 0.5
         else:
-            state[key] = torch.randn(shape, generator=gen) * (0.2 if len(shape) == 1 else 0.5 / math.sqrt(math.prod(shape[1:])))
+            scale = 0.2 if len(shape) == 1 else 0.5 / math.sqrt(math.prod(shape[1:]))
+            state[key] = torch.randn(shape, generator=gen) * scale
     return state
 
 

@@ -8,10 +8,10 @@ scenes on a 2-core CPU).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.config import check_field_types, config_from_dict
 from ..errors import InvalidValueError
 from .models import ARCHS, DEFAULT_ANCHOR_SIZES
 
@@ -76,12 +76,8 @@ class DetectConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DetectConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidValueError(f"unknown detection option(s): {', '.join(unknown)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**values)
+        return config_from_dict(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()},
+                                "detection")
 
     @property
     def data(self) -> DetectionData:
@@ -97,24 +93,20 @@ class DetectConfig:
             if not ok:
                 raise InvalidValueError(f"{flag} {value!r} is invalid: expected {expected}")
 
-        def finite(value) -> bool:
-            return isinstance(value, (int, float)) and math.isfinite(value)
-
+        check_field_types(self, ("backbone_kwargs", "detector_kwargs", "scenes"))
         check(self.arch in ARCHS, "--arch", self.arch, f"one of {', '.join(ARCHS)}")
         check(self.dataset in DATASETS, "--dataset", self.dataset, f"one of {', '.join(DATASETS)}")
         check(self.dataset != "coco" or self.data_dir is not None, "--data-dir", self.data_dir,
               "a COCO folder D with D/annotations/instances_<split>.json and D/<split>/ (--dataset coco)")
         check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")
         check(self.batch_size >= 1, "-b/--batch-size", self.batch_size, "an integer >= 1")
-        check(self.lr is None or (finite(self.lr) and self.lr > 0), "--lr", self.lr, "a positive number")
-        check(finite(self.lr_base) and self.lr_base > 0, "--lr-base", self.lr_base, "a positive number")
-        check(finite(self.weight_decay) and self.weight_decay >= 0, "--weight-decay", self.weight_decay,
-              "a number >= 0")
+        check(self.lr is None or self.lr > 0, "--lr", self.lr, "a positive number")
+        check(self.lr_base > 0, "--lr-base", self.lr_base, "a positive number")
+        check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, "a number >= 0")
         check(self.warmup_iters >= 0, "--warmup-iters", self.warmup_iters, "an integer >= 0")
         check(list(self.lr_steps) == sorted(self.lr_steps) and all(0 < s <= self.epochs for s in self.lr_steps),
               "--lr-steps", list(self.lr_steps), f"increasing epochs in 1..{self.epochs}")
-        check(self.clip_grad is None or (finite(self.clip_grad) and self.clip_grad > 0), "--clip-grad",
-              self.clip_grad, "a positive norm")
+        check(self.clip_grad is None or self.clip_grad > 0, "--clip-grad", self.clip_grad, "a positive norm")
         check(32 <= self.min_size <= self.max_size, "--min-size/--max-size", (self.min_size, self.max_size),
               "32 <= min <= max")
         check(self.fpn_channels >= 8, "--fpn-channels", self.fpn_channels, "an integer >= 8")

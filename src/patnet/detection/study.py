@@ -17,10 +17,9 @@ from pathlib import Path
 
 from ..data import write_train_subset
 from ..engine import checkpoint as ckpt
-from ..errors import InvalidValueError
 from ..study import RECIPE, Variant, make_run, train_all
-from ..study.plan import PLACE_FIELDS, as_json, subset_dir
-from ..study.runner import log_invocation, prepare_dir
+from ..study.plan import PLACE_FIELDS, subset_dir
+from ..study.runner import check_recipe, log_invocation, prepare_dir
 from .config import DetectConfig, make_detect_config
 from .data import data_root
 from .engine import train_detector
@@ -107,27 +106,8 @@ def detection_state(run: DetectionRun) -> dict | None:
     if not (run.dir / "last").exists():
         return None
     state = ckpt.load_state(ckpt.resolve_checkpoint(run.dir))
-    for key, value in run.config.to_dict().items():
-        if key not in PLACE_FIELDS + ("backbone_weights",) and as_json(state["config"].get(key)) != as_json(value):
-            raise InvalidValueError(f"{run.dir} was trained with {key}={state['config'].get(key)!r} but the study's "
-                                    f"recipe has {value!r}; move that run away or pass another --output")
+    check_recipe(run.dir, state["config"], run.config.to_dict(), PLACE_FIELDS + ("backbone_weights",))
     return state
-
-
-def train_detection_runs(runs: list[DetectionRun], log=print) -> int:
-    """Train every unfinished detection run (resuming partial ones); return the number of epochs trained."""
-    trained = 0
-    for index, run in enumerate(runs, 1):
-        state = detection_state(run)
-        done = state["epoch"] if state else 0
-        prefix = f"[detection study {index}/{len(runs)}] {run.name}"
-        if done >= run.config.epochs:
-            log(f"{prefix}: finished ({done} epochs), skipped", flush=True)
-            continue
-        log(f"{prefix}: {f'resuming after epoch {done}' if done else 'starting'} in {run.dir}", flush=True)
-        train_detector(run.config, resume=run.dir if state else None)
-        trained += run.config.epochs - done
-    return trained
 
 
 def run_detection_study(plan: DetectionStudyPlan, output: str | os.PathLike, report_dir: str | os.PathLike,
@@ -139,7 +119,8 @@ def run_detection_study(plan: DetectionStudyPlan, output: str | os.PathLike, rep
         write_train_subset(pretrain_data(plan, output), plan.pretrain_subset, holdout=plan.pretrain_holdout)
     runs = detection_runs(plan, output)
     data_root(runs[0].config)  # the scenes, written once
-    trained = train_all(pretrain_runs(plan, output), log) + train_detection_runs(runs, log)
+    trained = train_all(pretrain_runs(plan, output), log) + train_all(
+        runs, log, state_of=detection_state, train_run=train_detector, label="detection study")
     log("[detection study] scoring untrained detectors, measuring params, MACs and latency", flush=True)
     floor = {backbone: untrained_ap(next(r for r in runs if r.backbone == backbone)) for backbone in plan.backbones}
     measured = measure(runs, plan)

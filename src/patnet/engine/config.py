@@ -67,15 +67,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**values)
+        return config_from_dict(cls, values, "training")
 
     def validate(self) -> None:
         """Raise a one-line error naming the first bad value and what would be accepted."""
-        _check_types(self)
+        check_field_types(self)
 
         def check(ok: bool, flag: str, value: Any, expected: str) -> None:
             if not ok:
@@ -142,21 +138,33 @@ def _describe(hint: Any) -> str:
     return names.get(hint, f"a {hint.__name__}")
 
 
-def _check_types(config: "TrainConfig") -> None:
-    """Each field of the hinted type, every number finite, model_kwargs storable as JSON (checkpoints keep it)."""
+def check_field_types(config: Any, keyword_fields: tuple[str, ...] = ("model_kwargs",)) -> None:
+    """Each field of dataclass ``config`` of its hinted type, every number finite, and the ``keyword_fields``
+    (dicts of keyword arguments) storable as JSON with string keys (checkpoints keep them)."""
     for name, hint in typing.get_type_hints(type(config)).items():
         value = getattr(config, name)
         if not _fits(value, hint):
             raise InvalidTypeError(f"{_flag(name)} {value!r} is invalid: expected {_describe(hint)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidValueError(f"{_flag(name)} {value!r} is invalid: expected a finite number")
-    try:
-        json.dumps(config.model_kwargs, allow_nan=False)
-    except (TypeError, ValueError):
-        raise InvalidValueError(f"--model-kwargs {config.model_kwargs!r} is invalid: expected plain values (numbers, "
-                                "strings, lists), e.g. act_layer='gelu' rather than a class") from None
-    if not all(isinstance(key, str) for key in config.model_kwargs):
-        raise InvalidTypeError(f"--model-kwargs {config.model_kwargs!r} is invalid: expected keyword names as keys")
+    for name in keyword_fields:
+        value = getattr(config, name)
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise InvalidValueError(f"{_flag(name)} {value!r} is invalid: expected plain values (numbers, strings, "
+                                    "lists), e.g. act_layer='gelu' rather than a class") from None
+        if not all(isinstance(key, str) for key in value):
+            raise InvalidTypeError(f"{_flag(name)} {value!r} is invalid: expected keyword names as keys")
+
+
+def config_from_dict(config_class: type, values: dict[str, Any], what: str) -> Any:
+    """Dataclass ``config_class`` from ``values``; unknown names are a one-line error naming ``what`` options."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidValueError(f"unknown {what} option(s): {', '.join(unknown)}")
+    return config_class(**values)
 
 
 def _check_schedule(config: "TrainConfig") -> None:

@@ -44,6 +44,14 @@ from .report import (
 )
 
 
+def check_recipe(run_dir: Path, stored: dict, planned: dict, ignored: tuple[str, ...] = PLACE_FIELDS) -> None:
+    """A one-line error when the run in ``run_dir`` was trained with another recipe than ``planned``."""
+    for key, value in planned.items():
+        if key not in ignored and as_json(stored.get(key)) != as_json(value):
+            raise InvalidValueError(f"{run_dir} was trained with {key}={stored.get(key)!r} but the study's "
+                                    f"recipe has {value!r}; move that run away or pass another --output")
+
+
 def saved_state(run: Run) -> dict | None:
     """The training state of ``run``'s last checkpoint (None before its first epoch ends); ValueError when the
     checkpoint was trained with another recipe."""
@@ -51,25 +59,27 @@ def saved_state(run: Run) -> dict | None:
         return None
     state = ckpt.load_state(ckpt.resolve_checkpoint(run.dir))
     stored = upgrade_config(state["config"], state.get("config_version", 1))  # a run of an older release
-    for key, value in run.config.to_dict().items():
-        if key not in PLACE_FIELDS and as_json(stored.get(key)) != as_json(value):
-            raise InvalidValueError(f"{run.dir} was trained with {key}={stored.get(key)!r} but the study's "
-                                    f"recipe has {value!r}; move that run away or pass another --output")
+    check_recipe(run.dir, stored, run.config.to_dict())
     return state
 
 
-def train_all(runs: list[Run], log=print) -> int:
-    """Train every unfinished run (resuming partial ones); return the number of epochs trained."""
+def train_all(runs: list, log=print, state_of=None, train_run=None, label: str = "study") -> int:
+    """Train every unfinished run (resuming partial ones); return the number of epochs trained.
+
+    ``state_of(run)`` gives a run's saved state (default :func:`saved_state`), ``train_run(config, resume=...)``
+    trains it (default :func:`patnet.engine.train`); runs need ``dir``, ``name`` and ``config.epochs``.
+    """
+    state_of, train_run = state_of or saved_state, train_run or train
     trained = 0
     for index, run in enumerate(runs, 1):
-        state = saved_state(run)
+        state = state_of(run)
         done = state["epoch"] if state else 0
-        prefix = f"[study {index}/{len(runs)}] {run.name}"
+        prefix = f"[{label} {index}/{len(runs)}] {run.name}"
         if done >= run.config.epochs:
             log(f"{prefix}: finished ({done} epochs), skipped", flush=True)
             continue
         log(f"{prefix}: {f'resuming after epoch {done}' if done else 'starting'} in {run.dir}", flush=True)
-        train(run.config, resume=run.dir if state else None)
+        train_run(run.config, resume=run.dir if state else None)
         trained += run.config.epochs - done
     return trained
 
