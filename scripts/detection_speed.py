@@ -2,10 +2,10 @@
 
 Protocol (shared/spec/measurement.md): batch 1, one thread, fp32, inference mode, backbones in deploy form
 (BNs folded), the two models of a pair timed in alternation in one process; the ratio is the median of
-per-round ratios (p10-p90 in brackets). Two measurements per pair:
+per-round ratios (p10-p90 in brackets). Three measurements per pair:
 
-- backbone + FPN (256 channels, strides 4-32 and a pooled level) on a 3 x 800 x 1344 input: COCO's 1333 x 800
-  resize padded to a multiple of 32, as Mask R-CNN feeds its backbone;
+- the backbone alone, and backbone + FPN (256 channels, strides 4-32 and a pooled level), on a 3 x 800 x 1344
+  input: COCO's 1333 x 800 resize padded to a multiple of 32, as Mask R-CNN feeds its backbone;
 - the whole Mask R-CNN (the `fm-scenes` preset) on a 1 x 128 x 128 canvas, with the score threshold at 0 so
   both detectors keep the same number of detections (the preset's 30) and their heads do the same work.
 
@@ -69,19 +69,29 @@ def ratio_row(comparison, name: str, base: str) -> dict:
                 ratio=ratio.median, ratio_p10=ratio.p10, ratio_p90=ratio.p90)
 
 
+def backbone_alone(name: str) -> nn.Module:
+    """The deployed backbone's feature maps (what the FPN receives)."""
+    return backbone_with_fpn(name).body
+
+
+SECTIONS = {  # key: (title, model builder, input)
+    "backbone": ("Backbone alone at 3 x 800 x 1344 (its four feature maps)", backbone_alone, COCO_INPUT),
+    "backbone_fpn": ("Backbone + FPN at 3 x 800 x 1344 (COCO's 1333 x 800, padded to a multiple of 32)",
+                     backbone_with_fpn, COCO_INPUT),
+    "detector": ("Whole Mask R-CNN (`fm-scenes` preset) on a 1 x 128 x 128 canvas, 30 detections kept",
+                 scene_detector, SCENE_INPUT),
+}
+
+
 def measure(iters: int, warmup: int) -> dict:
     torch.manual_seed(0)
-    rows = dict(backbone_fpn=[], detector=[])
-    for name, base in PAIRS:
-        models = {name: backbone_with_fpn(name), base: backbone_with_fpn(base)}
-        result = compare(models, baseline=base, input_size=COCO_INPUT, threads=1, warmup=warmup, iters=iters)
-        rows["backbone_fpn"].append(ratio_row(result, name, base))
-        print(rows["backbone_fpn"][-1], flush=True)
-    for name, base in PAIRS:
-        models = {name: scene_detector(name), base: scene_detector(base)}
-        result = compare(models, baseline=base, input_size=SCENE_INPUT, threads=1, warmup=warmup, iters=iters)
-        rows["detector"].append(ratio_row(result, name, base))
-        print(rows["detector"][-1], flush=True)
+    rows = {key: [] for key in SECTIONS}
+    for key, (_, build, input_size) in SECTIONS.items():
+        for name, base in PAIRS:
+            models = {name: build(name), base: build(base)}
+            result = compare(models, baseline=base, input_size=input_size, threads=1, warmup=warmup, iters=iters)
+            rows[key].append(ratio_row(result, name, base))
+            print(key, rows[key][-1], flush=True)
     return rows
 
 
@@ -92,16 +102,12 @@ def to_markdown(results: dict) -> str:
              f"- Machine: {m['cpu']}, {m['cores']} cores, {m['cpu_capability']}; torch {m['torch']}, timm {m['timm']}",
              f"- Protocol: batch 1, 1 thread, fp32, deploy form, {results['warmup']} warm-up + {results['iters']} "
              "timed calls per model, the two models timed in alternation; ratio = median of per-round ratios "
-             "(p10-p90)", "",
-             "## Backbone + FPN at 3 x 800 x 1344 (COCO's 1333 x 800, padded to a multiple of 32)", "",
-             "| model | ms | FasterNet ms | ratio |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['model_ms']:.1f} | {r['baseline_ms']:.1f} | {r['ratio']:.3f} "
-              f"({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) |" for r in results["backbone_fpn"]]
-    lines += ["", "## Whole Mask R-CNN (`fm-scenes` preset) on a 1 x 128 x 128 canvas, 30 detections kept", "",
-              "| backbone | ms | FasterNet ms | ratio |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['model_ms']:.1f} | {r['baseline_ms']:.1f} | {r['ratio']:.3f} "
-              f"({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) |" for r in results["detector"]]
-    return "\n".join(lines) + "\n"
+             "(p10-p90)", ""]
+    for key, (title, _, _) in SECTIONS.items():
+        lines += [f"## {title}", "", "| model | ms | FasterNet ms | ratio |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['model_ms']:.1f} | {r['baseline_ms']:.1f} | {r['ratio']:.3f} "
+                  f"({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) |" for r in results.get(key, [])] + [""]
+    return "\n".join(lines)
 
 
 def main() -> None:

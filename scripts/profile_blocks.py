@@ -1,0 +1,251 @@
+"""Where the time goes: per-block GEMM and non-GEMM time of PATNet against FasterNet, eager and ONNX Runtime.
+
+Each model is profiled in its deploy form, batch 1, fp32, on one thread, in two runtimes:
+
+- eager PyTorch under ``torch.profiler``: every top-level part and every block runs inside a named range, and
+  each operator's *self* time is charged to the innermost range around it;
+- ONNX Runtime with its own profiler on the exported graph: each kernel's time is charged to the block its node
+  name comes from (FasterNet's export keeps no module paths in its node names, so only its totals compare).
+
+Operators are split into GEMM work (convolutions, matrix products, linear layers) and everything else
+(statistics, gates, activations, concatenations, copies, softmax, ...). Profilers add overhead to small
+operators, so the totals run above a plain timing; the split, not the absolute milliseconds, is the point.
+
+    .venv/bin/python scripts/profile_blocks.py            # writes docs/bench/profile.md and profile.json
+    .venv/bin/python scripts/profile_blocks.py --quick    # a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+import patnet  # noqa: F401  (registers the models)
+from patnet.bench.report import machine_info
+from patnet.deploy import deploy
+from patnet.export import export_onnx
+from patnet.fileio import write_text_atomic
+from patnet.runtimes.hardware import describe_cpu
+
+CASES = [("patnet_t2", "fasternet_t2", (3, 224, 224), 1000), ("patnet_t0", "fasternet_t0", (3, 224, 224), 1000),
+         ("patnet_t0", "fasternet_t0", (1, 64, 64), 10)]
+GEMM = re.compile(r"conv|addmm|\bmm\b|bmm|matmul|linear|gemm", re.IGNORECASE)
+BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)")
+STAGE_PART = re.compile(r"stages\.(\d+)\.(downsample)")
+ONNX_BLOCK = re.compile(r"stages\.(\d+)/blocks/blocks\.(\d+)/")  # exported names: /stages/stages.2/blocks/blocks.1/...
+ONNX_STAGE_PART = re.compile(r"stages\.(\d+)/(downsample)/")
+
+
+def block_kind(block: nn.Module) -> str:
+    """A short name for a block's mixer (``pconv``, ``pat_ch``, ``pat_sf``), ``+sp`` with a spatial gate."""
+    mixer = type(getattr(block, "spatial_mixing", None)).__name__
+    kind = {"PartialConv": "pconv", "FusedPartialChannelAttn": "pat_ch", "FusedPartialSelfAttn": "pat_sf"}
+    name = kind.get(mixer, "pconv" if "Partial" in mixer else mixer)
+    gate = getattr(getattr(block, "mlp", None), "spatial_gate", None)
+    return name + ("+sp" if gate is not None and not isinstance(gate, nn.Identity) else "")
+
+
+def part_labels(model: nn.Module) -> dict[str, str]:
+    """Module path -> the group its time is charged to (``stage 1 pat_ch``, ``stage 2 downsample``, ``stem``...)."""
+    labels = {}
+    for path, module in model.named_modules():
+        block, stage = BLOCK.fullmatch(path), STAGE_PART.fullmatch(path)
+        if block:
+            labels[path] = f"stage {block.group(1)} {block_kind(module)}"
+        elif stage:
+            labels[path] = f"stage {stage.group(1)} downsample"
+        elif path == "patch_embed":
+            labels[path] = "stem"
+        elif path in ("conv_head", "classifier"):
+            labels[path] = "head"
+    return labels
+
+
+def eager_profile(model: nn.Module, x: torch.Tensor, calls: int) -> dict[str, dict[str, float]]:
+    """{group: {"gemm": ms, "other": ms}} per call, from torch.profiler's self times."""
+    labels = part_labels(model)
+    modules = dict(model.named_modules())
+    ranges = {}
+    handles = []
+    for path, label in labels.items():
+        def enter(_module, _args, path=path):
+            ranges[path] = torch.profiler.record_function(f"part|{labels[path]}")
+            ranges[path].__enter__()
+
+        def leave(_module, _args, _out, path=path):
+            ranges.pop(path).__exit__(None, None, None)
+        handles += [modules[path].register_forward_pre_hook(enter), modules[path].register_forward_hook(leave)]
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                model(x)
+    for handle in handles:
+        handle.remove()
+    return charge_events(prof.events(), calls)
+
+
+def group_of(event) -> str:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("part|"):
+            return parent.name[len("part|"):]
+        parent = parent.cpu_parent
+    return "outside the parts (pooling, flatten)"
+
+
+def charge_events(events, calls: int) -> dict[str, dict[str, float]]:
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"gemm": 0.0, "other": 0.0})
+    for event in events:
+        if event.name.startswith("part|") or event.name.startswith("ProfilerStep"):
+            continue
+        kind = "gemm" if GEMM.search(event.name) else "other"
+        totals[group_of(event)][kind] += event.self_cpu_time_total / 1e3 / calls
+    return dict(totals)
+
+
+def ort_profile(model: nn.Module, x: torch.Tensor, calls: int) -> dict[str, dict[str, float]]:
+    """The same split from ONNX Runtime's profiler on the exported deploy form (one thread, all optimizations)."""
+    import onnxruntime as ort
+
+    labels = part_labels(model)
+    with tempfile.TemporaryDirectory(prefix="patnet-profile-") as folder:
+        path = export_onnx(model, Path(folder) / "model.onnx", x).path
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        for _ in range(calls):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"gemm": 0.0, "other": 0.0})
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        op = event.get("args", {}).get("op_name", "")
+        kind = "gemm" if GEMM.search(op) else "other"
+        totals[onnx_group(event["name"], labels)][kind] += event["dur"] / 1e3 / calls
+    return dict(totals)
+
+
+def onnx_group(node: str, labels: dict[str, str]) -> str:
+    """The group of an ONNX node from the module path its exported name carries."""
+    for pattern in (ONNX_BLOCK, ONNX_STAGE_PART):
+        match = pattern.search(node)
+        if match:
+            key = f"stages.{match.group(1)}." + ("blocks." + match.group(2) if pattern is ONNX_BLOCK else "downsample")
+            return labels.get(key, key)
+    for prefix, label in (("patch_embed", "stem"), ("conv_head", "head"), ("classifier", "head")):
+        if prefix in node:
+            return label
+    return "not attributed (no module path in the node name)"
+
+
+def merge_blocks(profile: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Sorted by stage, then part; every group with its total."""
+    rows = {}
+    for group in sorted(profile):
+        gemm, other = profile[group]["gemm"], profile[group]["other"]
+        rows[group] = {"gemm_ms": gemm, "other_ms": other, "total_ms": gemm + other}
+    return rows
+
+
+def fold_in_tree(model: nn.Module) -> nn.Module:
+    """FasterNet folded with its module tree kept (``deploy`` folds it through torch.fx, whose graph inlines the
+    blocks, so no block would show in the profile): every (conv, BN) pair a module applies in sequence, as
+    ``mlp.0``/``mlp.1``, ``proj``/``norm`` and ``reduction``/``norm``, becomes one conv. Same numbers, same ops."""
+    model = copy.deepcopy(model).eval()
+    for module in list(model.modules()):
+        names = list(module._modules)
+        pairs = list(zip(names, names[1:])) + [("proj", "norm"), ("reduction", "norm")]
+        for first, second in pairs:
+            conv, bn = module._modules.get(first), module._modules.get(second)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module._modules[first] = fuse_conv_bn_eval(conv, bn)
+                module._modules[second] = nn.Identity()
+    return model.to(memory_format=torch.channels_last)
+
+
+def deploy_form(name: str, x: torch.Tensor, classes: int) -> nn.Module:
+    """The folded model, checked against its training form on ``x``."""
+    model = timm.create_model(name, num_classes=classes, in_chans=x.shape[1]).eval()
+    folded = deploy(model) if name.startswith("patnet") else fold_in_tree(model)
+    with torch.inference_mode():
+        reference, output = model(x), folded(x)
+    if not torch.allclose(output, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item()):
+        raise SystemExit(f"{name}: the folded form differs from the training form")
+    return folded
+
+
+def profile_case(name: str, x: torch.Tensor, classes: int, calls: int) -> dict:
+    model = deploy_form(name, x, classes)
+    return {"eager": merge_blocks(eager_profile(model, x, calls)),
+            "onnxruntime": merge_blocks(ort_profile(model, x, calls))}
+
+
+def case_lines(case: dict) -> list[str]:
+    lines = [f"## {case['model']} against {case['baseline']}, {'x'.join(map(str, case['input']))}", ""]
+    for runtime in ("eager", "onnxruntime"):
+        lines += [f"### {runtime}", "", "| part | model GEMM ms | model other ms | baseline part | baseline GEMM ms | "
+                  "baseline other ms |", "|---|---|---|---|---|---|"]
+        ours, theirs = case["profiles"][case["model"]][runtime], case["profiles"][case["baseline"]][runtime]
+        for left, right in zip_longest_rows(ours, theirs):
+            lines.append(f"| {left[0]} | {left[1]} | {left[2]} | {right[0]} | {right[1]} | {right[2]} |")
+        lines += ["", summary_line(case["model"], ours) + "; " + summary_line(case["baseline"], theirs), ""]
+    return lines
+
+
+def zip_longest_rows(ours: dict, theirs: dict):
+    left = [(g, f"{r['gemm_ms']:.2f}", f"{r['other_ms']:.2f}") for g, r in ours.items()]
+    right = [(g, f"{r['gemm_ms']:.2f}", f"{r['other_ms']:.2f}") for g, r in theirs.items()]
+    blank = ("", "", "")
+    for i in range(max(len(left), len(right))):
+        yield (left[i] if i < len(left) else blank), (right[i] if i < len(right) else blank)
+
+
+def summary_line(name: str, rows: dict) -> str:
+    gemm = sum(r["gemm_ms"] for r in rows.values())
+    other = sum(r["other_ms"] for r in rows.values())
+    return f"{name}: GEMM {gemm:.2f} ms, other {other:.2f} ms ({100 * other / max(gemm + other, 1e-9):.0f}% non-GEMM)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 profiled calls, no files written")
+    parser.add_argument("--calls", type=int, default=20, help="profiled calls per model and runtime")
+    parser.add_argument("--out", default="docs/bench", help="folder for profile.md and profile.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    calls = 3 if args.quick else args.calls
+    cases = []
+    for model, baseline, shape, classes in CASES:
+        x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+        profiles = {name: profile_case(name, x, classes, calls) for name in (model, baseline)}
+        cases.append({"model": model, "baseline": baseline, "input": shape, "profiles": profiles})
+        print("\n".join(case_lines(cases[-1])), flush=True)
+    if args.quick:
+        return
+    header = ["# Per-block profile: GEMM and non-GEMM time, deploy form, batch 1, fp32, one thread", "",
+              "- Command: `.venv/bin/python scripts/profile_blocks.py`", f"- Machine: {describe_cpu()}",
+              f"- {calls} profiled calls per model and runtime after 3 warm-up calls; milliseconds per call. "
+              "Profilers add overhead to small operators: read the split, not the absolute times.", ""]
+    out = Path(args.out)
+    write_text_atomic(out / "profile.md", "\n".join(header + [line for c in cases for line in case_lines(c)]))
+    write_text_atomic(out / "profile.json", json.dumps({"machine": machine_info(), "cases": cases}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
