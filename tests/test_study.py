@@ -63,9 +63,10 @@ def test_sizes_and_latency_are_the_trained_models(tiny_study):
         assert row["params"] == count_params(model)
         assert row["macs"] > 0 and row["latency_ms"] > 0 and row["input_size"] == [1, 32, 32]
     rows = {row["key"]: row for row in results["rows"]}
-    # The median of per-call ratios lies near the ratio of median times.
-    ratio_of_medians = rows[study.PATNET]["latency_ms"] / rows[study.BASELINE]["latency_ms"]
-    assert rows[study.PATNET]["ratio"] == pytest.approx(ratio_of_medians, rel=0.5)
+    # The ratio is the median of per-round ratios, inside its own p10-p90 (timing itself varies with load).
+    patnet = rows[study.PATNET]
+    assert 0 < patnet["ratio_p10"] <= patnet["ratio"] <= patnet["ratio_p90"]
+    assert rows[study.BASELINE]["ratio"] == 1.0
     assert rows["patnet_t0_sp"]["params"] > rows[study.PATNET]["params"]  # PAT_sp adds a conv per block
     assert rows["patnet_t0_pconv"]["macs"] < rows[study.PATNET]["macs"]  # no attention, no statistics branch
 
