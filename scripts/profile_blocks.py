@@ -31,10 +31,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import patnet  # noqa: F401  (registers the models)
 from patnet.bench.report import machine_info
-from patnet.deploy import deploy
+from patnet.deploy import deploy, fold_sequential_conv_bn
 from patnet.export import export_onnx
 from patnet.fileio import write_text_atomic
-from patnet.runtimes.hardware import describe_cpu
+from patnet.runtimes import FP32_RTOL, describe_cpu, relative_difference
 
 CASES = [("patnet_t2", "fasternet_t2", (3, 224, 224), 1000), ("patnet_t0", "fasternet_t0", (3, 224, 224), 1000),
          ("patnet_t0", "fasternet_t0", (1, 64, 64), 10)]
@@ -165,17 +165,16 @@ def merge_blocks(profile: dict[str, dict[str, float]]) -> dict[str, dict[str, fl
 
 def fold_in_tree(model: nn.Module) -> nn.Module:
     """FasterNet folded with its module tree kept (``deploy`` folds it through torch.fx, whose graph inlines the
-    blocks, so no block would show in the profile): every (conv, BN) pair a module applies in sequence, as
-    ``mlp.0``/``mlp.1``, ``proj``/``norm`` and ``reduction``/``norm``, becomes one conv. Same numbers, same ops."""
+    blocks, so no block would show in the profile): ``deploy``'s fold of (conv, BN) pairs in Sequentials, plus
+    the stem's and the downsamplings' ``norm(conv(x))``. Same numbers (checked), same ops."""
     model = copy.deepcopy(model).eval()
-    for module in list(model.modules()):
-        names = list(module._modules)
-        pairs = list(zip(names, names[1:])) + [("proj", "norm"), ("reduction", "norm")]
-        for first, second in pairs:
-            conv, bn = module._modules.get(first), module._modules.get(second)
+    fold_sequential_conv_bn(model)
+    for module in model.modules():
+        for conv_name in ("proj", "reduction"):
+            conv, bn = getattr(module, conv_name, None), getattr(module, "norm", None)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                module._modules[first] = fuse_conv_bn_eval(conv, bn)
-                module._modules[second] = nn.Identity()
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                module.norm = nn.Identity()
     return model.to(memory_format=torch.channels_last)
 
 
@@ -185,7 +184,7 @@ def deploy_form(name: str, x: torch.Tensor, classes: int) -> nn.Module:
     folded = deploy(model) if name.startswith("patnet") else fold_in_tree(model)
     with torch.inference_mode():
         reference, output = model(x), folded(x)
-    if not torch.allclose(output, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item()):
+    if relative_difference(reference, output) > FP32_RTOL:
         raise SystemExit(f"{name}: the folded form differs from the training form")
     return folded
 

@@ -24,7 +24,7 @@ def _has_fold_hooks(model: nn.Module) -> bool:
     return any(hasattr(m, "fuse") or hasattr(m, "reparameterize") for m in model.modules())
 
 
-def _fold_sequential_conv_bn(model: nn.Module) -> None:
+def fold_sequential_conv_bn(model: nn.Module) -> None:
     """Fold adjacent (Conv2d, BatchNorm2d) pairs inside every nn.Sequential, in place."""
     for module in list(model.modules()):
         if not isinstance(module, nn.Sequential):
@@ -55,7 +55,7 @@ def deploy(model: nn.Module, channels_last: bool = True) -> nn.Module:
             try:
                 folded = fx_fuse_conv_bn(folded, inplace=True)
             except Exception:  # not symbolically traceable: fold what the module tree shows
-                _fold_sequential_conv_bn(folded)
+                fold_sequential_conv_bn(folded)
     if channels_last:
         folded = folded.to(memory_format=torch.channels_last)
     for param in folded.parameters():
