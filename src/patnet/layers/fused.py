@@ -19,7 +19,12 @@ from .stats import spatial_mean_std
 
 
 class FusedChannelGate(nn.Module):
-    """PAT_ch's gate with its BN folded: ``hsig(W [mean, std] + b)`` as one small matmul."""
+    """PAT_ch's gate with its BN folded, as a per-channel scale of the whole map:
+    ``hsig(W [mean, std] + b)`` over all ``C`` channels, one small matmul.
+
+    Channels that pass ungated (PAT_ch's convolved ones) have zero rows and columns in ``W`` and
+    ``b = 3``, so their scale is exactly ``hsig(3) = 1``.
+    """
 
     def __init__(self, weight: Tensor, bias: Tensor):
         super().__init__()
@@ -27,13 +32,17 @@ class FusedChannelGate(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        mean, std = spatial_mean_std(x)
-        z = torch.addmm(self.bias, torch.cat((mean, std), dim=1), self.weight.t())
-        return F.hardsigmoid(z)[:, :, None, None]
+        stats = torch.cat(spatial_mean_std(x), dim=1).flatten(1)
+        return F.hardsigmoid(torch.addmm(self.bias, stats, self.weight.t()))[:, :, None, None]
 
 
 class FusedPartialChannelAttn(nn.Module):
-    """PAT_ch without its post-gate BN (folded into the next 1x1 conv): ``[conv3x3(Xp), Xu * gate(Xu)]``."""
+    """PAT_ch without its post-gate BN (folded into the next 1x1 conv), as PConv of the gated map:
+    ``[conv3x3(Xp), Xu * g] == PConv(X * [1, g])``.
+
+    Scaling the whole map before the split keeps every consumer of the split on the same layout
+    (in OpenVINO a split feeding both a conv and a reduction cost as much as all the 1x1 convs).
+    """
 
     def __init__(self, conv: nn.Conv2d, gate: FusedChannelGate, untouched_dim: int):
         super().__init__()
@@ -42,8 +51,8 @@ class FusedPartialChannelAttn(nn.Module):
         self.gate = gate
 
     def forward(self, x: Tensor) -> Tensor:
-        convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
-        return torch.cat((self.conv(convolved), untouched * self.gate(untouched)), dim=1)
+        convolved, untouched = torch.split(x * self.gate(x), [self.conv_dim, self.untouched_dim], dim=1)
+        return torch.cat((self.conv(convolved), untouched), dim=1)
 
 
 class FusedPartialSelfAttn(nn.Module):

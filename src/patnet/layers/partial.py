@@ -59,16 +59,20 @@ class GaussianChannelGate(nn.Module):
             raise InvalidValueError(
                 "PAT_ch's gate normalises per-sample statistics with BatchNorm, which needs a batch of at "
                 "least 2 in training mode; use a larger batch (drop_last=True) or call model.eval()")
-        mean, std = spatial_mean_std(x)
-        stats = torch.stack((mean, std), dim=-1).unsqueeze(2)  # (B, C, 1, 2)
+        stats = torch.cat(spatial_mean_std(x), dim=3)  # (B, C, 1, 2)
         return F.hardsigmoid(self.norm(self.conv(stats)))
 
     @torch.no_grad()
-    def fuse(self) -> FusedChannelGate:
-        """The deployment form: BN folded into the (1, 2) conv, seen as a linear map of ``[mean, std]``."""
+    def fuse(self, passed: int = 0) -> FusedChannelGate:
+        """The deployment form: BN folded into the (1, 2) conv, seen as a linear map of ``[mean, std]``,
+        over ``passed`` leading channels that keep a scale of exactly 1 and then the gated ones."""
         scale, shift = bn_scale_shift(self.norm)
-        weight = torch.cat((self.conv.weight[:, :, 0, 0], self.conv.weight[:, :, 0, 1]), dim=1)
-        return FusedChannelGate(weight * scale[:, None], shift.clone())
+        gated = self.conv.weight.shape[0]
+        weight = self.conv.weight.new_zeros(passed + gated, 2, passed + gated)
+        weight[passed:, 0, passed:] = self.conv.weight[:, :, 0, 0] * scale[:, None]
+        weight[passed:, 1, passed:] = self.conv.weight[:, :, 0, 1] * scale[:, None]
+        bias = torch.cat((shift.new_full((passed,), 3.0), shift))  # hsig(3) == 1
+        return FusedChannelGate(weight.flatten(1), bias)
 
 
 class PartialChannelAttn(nn.Module):
@@ -91,7 +95,7 @@ class PartialChannelAttn(nn.Module):
         channels of ``next_conv``, the 1x1 conv (with bias) that reads this mixer's output, in place."""
         scale, shift = bn_scale_shift(self.norm)
         fold_input_affine(next_conv, scale, shift, start=self.conv_dim)
-        return FusedPartialChannelAttn(self.conv, self.gate.fuse(), self.untouched_dim)
+        return FusedPartialChannelAttn(self.conv, self.gate.fuse(passed=self.conv_dim), self.untouched_dim)
 
 
 class RelPosSelfAttention(nn.Module):
