@@ -1,0 +1,82 @@
+"""Every fused (deployment-form) block equals its training form in eval mode, in each of its formulations,
+with random BN statistics, at the map sizes of a 224 and a 64 input and at non-square sizes."""
+import copy
+
+import pytest
+import timm
+import torch
+from helpers import randomize_inference_state
+
+import patnet  # noqa: F401
+from patnet.deploy import deploy
+from patnet.layers.fused import FusedPartialSelfAttn
+from patnet.layers.stats import spatial_mean_std
+from patnet.models.patnet import PatBlock
+
+MAPS = {  # mixer -> map sizes: the stage's map at a 224 input, at a 64 input, non-square
+    "pconv": [(56, 56), (16, 16), (13, 9)],
+    "pat_ch": [(56, 56), (16, 16), (13, 9)],
+    "pat_sf": [(7, 7), (2, 2), (5, 3)],
+}
+CASES = [(mixer, spatial, size) for mixer in MAPS for spatial in (False, True) for size in MAPS[mixer]]
+
+
+def _relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    return ((expected - actual).abs().max() / expected.abs().max()).item()
+
+
+def _block_pair(mixer: str, spatial_attn: bool, dim: int = 48, seed: int = 0):
+    torch.manual_seed(seed)
+    block = PatBlock(dim, mixer, spatial_attn=spatial_attn, num_heads=4, act_layer=torch.nn.GELU)
+    block = randomize_inference_state(block, seed=seed).eval()
+    fused = copy.deepcopy(block)
+    fused.reparameterize()
+    return block, fused
+
+
+@pytest.mark.parametrize("mixer, spatial_attn, size", CASES)
+def test_fused_block_equals_training_form(mixer, spatial_attn, size):
+    block, fused = _block_pair(mixer, spatial_attn)
+    x = torch.randn(2, 48, *size, generator=torch.Generator().manual_seed(size[0])) * 2 + 0.5
+    with torch.no_grad():
+        expected = block(x)
+        assert _relative_error(expected, fused(x)) <= 1e-5
+        assert _relative_error(expected, fused(x.contiguous(memory_format=torch.channels_last))) <= 1e-5
+
+
+@pytest.mark.parametrize("size", MAPS["pat_sf"])
+def test_self_attention_export_form_equals_token_form(size):
+    _, fused = _block_pair("pat_sf", False, seed=1)
+    attention = fused.spatial_mixing
+    assert isinstance(attention, FusedPartialSelfAttn)
+    untouched = torch.randn(3, attention.untouched_dim, *size, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        tokens = attention._attend_tokens(untouched)
+        assert _relative_error(tokens, attention._attend_channels_first(untouched)) <= 1e-5
+
+
+def test_channel_gate_passes_convolved_channels_exactly():
+    _, fused = _block_pair("pat_ch", False, seed=2)
+    gate = fused.spatial_mixing.gate
+    x = torch.randn(2, 48, 9, 11) * 100
+    scale = gate(x)
+    assert scale.shape == (2, 48, 1, 1)
+    assert torch.equal(scale[:, :fused.spatial_mixing.conv_dim], torch.ones_like(scale[:, :12]))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (8, 8)])
+def test_spatial_statistics_match_torch(size):
+    x = torch.randn(2, 5, *size, dtype=torch.float64)
+    mean, std = spatial_mean_std(x)
+    assert mean.shape == std.shape == (2, 5, 1, 1)
+    torch.testing.assert_close(mean.flatten(), x.mean(dim=(2, 3)).flatten())
+    if size[0] * size[1] > 1:
+        torch.testing.assert_close(std.flatten(), x.std(dim=(2, 3)).flatten())
+
+
+@pytest.mark.parametrize("name", ["patnet_t0", "patnet_t1"])
+def test_deploy_form_equals_training_form_at_224(name):
+    model = randomize_inference_state(timm.create_model(name, num_classes=10), seed=5).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(224))
+    with torch.no_grad():
+        assert _relative_error(model(x), deploy(model)(x)) <= 1e-5
