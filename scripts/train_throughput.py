@@ -3,9 +3,11 @@
 Each round times ``--steps`` optimizer steps (forward, backward, AdamW) of every model in turn on the same
 pre-loaded batches, so the machine's load drifts affect all models alike; the median over rounds is reported,
 with the median of per-round ratios to the first model. Data loading is excluded (see `patnet train` for
-end-to-end figures).
+end-to-end figures). ``--precision bf16`` runs forward and loss under CPU autocast; ``--compile`` times
+``torch.compile``d models (compiled during the warm-up round).
 
     .venv/bin/python scripts/train_throughput.py --models patnet_t0 fasternet_t0 --img-size 64
+    .venv/bin/python scripts/train_throughput.py --precision bf16 --compile
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: CPU autocast")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile'd models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -41,13 +45,16 @@ def main() -> None:
     runs = {}
     for name in args.models:
         model = create_model(name, num_classes=len(train_set.classes), in_chans=info.in_chans).train()
-        runs[name] = (model, create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05))
+        optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
+        runs[name] = (torch.compile(model) if args.compile else model, optimizer)
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16")
 
     def step_all(name: str) -> float:
         model, optimizer = runs[name]
         start = time.perf_counter()
         for images, targets in batches:
-            loss = torch.nn.functional.cross_entropy(model(images), targets)
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -61,7 +68,8 @@ def main() -> None:
             rates[name].append(step_all(name))
     first = args.models[0]
     print(f"training throughput, {args.dataset} at {args.img_size} px, batch {args.batch_size}, "
-          f"{args.threads} thread(s), {args.rounds} rounds x {args.steps} steps")
+          f"{args.threads} thread(s), {args.precision}{', compiled' if args.compile else ', eager'}, "
+          f"{args.rounds} rounds x {args.steps} steps")
     for name in args.models:
         ratios = [a / b for a, b in zip(rates[name], rates[first])]
         print(f"  {name:<16} {statistics.median(rates[name]):7.0f} img/s (min {min(rates[name]):.0f}, "
