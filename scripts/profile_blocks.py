@@ -1,11 +1,14 @@
-"""Where the time goes: per-block GEMM and non-GEMM time of PATNet against FasterNet, eager and ONNX Runtime.
+"""Where the time goes: per-block GEMM and non-GEMM time of PATNet against FasterNet in every runtime.
 
-Each model is profiled in its deploy form, batch 1, fp32, on one thread, in two runtimes:
+Each model is profiled in its deploy form, batch 1, on one thread, in fp32 in eager PyTorch and ONNX Runtime, and
+in OpenVINO in f32 and (where the CPU has native bf16) bf16:
 
 - eager PyTorch under ``torch.profiler``: every top-level part and every block runs inside a named range, and
   each operator's *self* time is charged to the innermost range around it;
 - ONNX Runtime with its own profiler on the exported graph: each kernel's time is charged to the block its node
-  name comes from (FasterNet's export keeps no module paths in its node names, so only its totals compare).
+  name comes from (FasterNet's export keeps no module paths in its node names, so only its totals compare);
+- OpenVINO with its performance counters on the same exported graph, charged the same way (its fused
+  "Subgraph" kernels count as non-GEMM even where they hold a small matrix product, e.g. attention's).
 
 Operators are split into GEMM work (convolutions, matrix products, linear layers) and everything else
 (statistics, gates, activations, concatenations, copies, softmax, ...). Profilers add overhead to small
@@ -34,11 +37,12 @@ from patnet.bench.report import machine_info
 from patnet.deploy import deploy, fold_sequential_conv_bn
 from patnet.export import export_onnx
 from patnet.fileio import write_text_atomic
-from patnet.runtimes import FP32_RTOL, describe_cpu, relative_difference
+from patnet.runtimes import FP32_RTOL, describe_cpu, native_bf16, relative_difference
+from patnet.runtimes.external import openvino_config
 
 CASES = [("patnet_t2", "fasternet_t2", (3, 224, 224), 1000), ("patnet_t0", "fasternet_t0", (3, 224, 224), 1000),
          ("patnet_t0", "fasternet_t0", (1, 64, 64), 10)]
-GEMM = re.compile(r"conv|addmm|\bmm\b|bmm|matmul|linear|gemm", re.IGNORECASE)
+GEMM = re.compile(r"conv|addmm|\bmm\b|bmm|matmul|linear|gemm|fullyconnected", re.IGNORECASE)
 BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)")
 STAGE_PART = re.compile(r"stages\.(\d+)\.(downsample)")
 ONNX_BLOCK = re.compile(r"stages\.(\d+)/blocks/blocks\.(\d+)/")  # exported names: /stages/stages.2/blocks/blocks.1/...
@@ -141,6 +145,26 @@ def ort_profile(model: nn.Module, x: torch.Tensor, calls: int) -> dict[str, dict
     return dict(totals)
 
 
+def openvino_profile(model: nn.Module, x: torch.Tensor, calls: int, precision: str) -> dict[str, dict[str, float]]:
+    """The same split from OpenVINO's performance counters on the exported deploy form (one thread)."""
+    import openvino as ov
+
+    labels = part_labels(model)
+    with tempfile.TemporaryDirectory(prefix="patnet-profile-") as folder:
+        path = export_onnx(model, Path(folder) / "model.onnx", x).path
+        config = {**openvino_config(precision, 1), "PERF_COUNT": True}
+        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"gemm": 0.0, "other": 0.0})
+    for _ in range(3):
+        request.infer({0: x.numpy()})
+    for _ in range(calls):
+        request.infer({0: x.numpy()})
+        for node in request.profiling_info:
+            kind = "gemm" if GEMM.search(node.node_type) else "other"
+            totals[onnx_group(node.node_name, labels)][kind] += node.real_time.total_seconds() * 1e3 / calls
+    return dict(totals)
+
+
 def onnx_group(node: str, labels: dict[str, str]) -> str:
     """The group of an ONNX node from the module path its exported name carries."""
     for pattern in (ONNX_BLOCK, ONNX_STAGE_PART):
@@ -191,13 +215,16 @@ def deploy_form(name: str, x: torch.Tensor, classes: int) -> nn.Module:
 
 def profile_case(name: str, x: torch.Tensor, classes: int, calls: int) -> dict:
     model = deploy_form(name, x, classes)
-    return {"eager": merge_blocks(eager_profile(model, x, calls)),
-            "onnxruntime": merge_blocks(ort_profile(model, x, calls))}
+    profiles = {"eager fp32": merge_blocks(eager_profile(model, x, calls)),
+                "onnxruntime fp32": merge_blocks(ort_profile(model, x, calls))}
+    for precision in ("fp32", "bf16") if native_bf16("cpu") else ("fp32",):
+        profiles[f"openvino {precision}"] = merge_blocks(openvino_profile(model, x, calls, precision))
+    return profiles
 
 
 def case_lines(case: dict) -> list[str]:
     lines = [f"## {case['model']} against {case['baseline']}, {'x'.join(map(str, case['input']))}", ""]
-    for runtime in ("eager", "onnxruntime"):
+    for runtime in case["profiles"][case["model"]]:
         lines += [f"### {runtime}", "", "| part | model GEMM ms | model other ms | baseline part | baseline GEMM ms | "
                   "baseline other ms |", "|---|---|---|---|---|---|"]
         ours, theirs = case["profiles"][case["model"]][runtime], case["profiles"][case["baseline"]][runtime]
@@ -237,7 +264,7 @@ def main() -> None:
         print("\n".join(case_lines(cases[-1])), flush=True)
     if args.quick:
         return
-    header = ["# Per-block profile: GEMM and non-GEMM time, deploy form, batch 1, fp32, one thread", "",
+    header = ["# Per-block profile: GEMM and non-GEMM time, deploy form, batch 1, one thread", "",
               "- Command: `.venv/bin/python scripts/profile_blocks.py`", f"- Machine: {describe_cpu()}",
               f"- {calls} profiled calls per model and runtime after 3 warm-up calls; milliseconds per call. "
               "Profilers add overhead to small operators: read the split, not the absolute times.", ""]

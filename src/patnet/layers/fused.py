@@ -135,20 +135,21 @@ class FusedPartialSelfAttn(nn.Module):
 
 
 class FusedSpatialGate(nn.Module):
-    """PAT_sp's attention half only (its conv half is folded into the MLP's second conv):
-    ``[BN(A * hsig(conv1x1(A))), B]``."""
+    """PAT_sp's attention half only (its conv half is folded into the MLP's second conv),
+    ``[BN(A * s), B]`` with ``s = hsig(conv1x1(A))``, computed on the whole map without a split:
+    ``X * (s * k + p) + t`` where ``conv1x1`` has zero weights on B, ``k`` and ``t`` are the BN's scale and
+    shift on A and 0 on B, and ``p`` is 0 on A and 1 on B (so B passes exactly)."""
 
-    def __init__(self, gate_conv: nn.Conv2d, scale: Tensor, shift: Tensor):
+    def __init__(self, gate_weight: Tensor, gated_scale: Tensor, passed: Tensor, shift: Tensor):
         super().__init__()
-        self.attn_dim = gate_conv.in_channels
-        self.gate_conv = gate_conv
-        self.scale = nn.Parameter(scale.view(1, -1, 1, 1), requires_grad=False)
+        self.gate_weight = nn.Parameter(gate_weight, requires_grad=False)
+        self.gated_scale = nn.Parameter(gated_scale.view(1, -1, 1, 1), requires_grad=False)
+        self.passed = nn.Parameter(passed.view(1, -1, 1, 1), requires_grad=False)
         self.shift = nn.Parameter(shift.view(1, -1, 1, 1), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        attended, rest = torch.split(x, [self.attn_dim, x.shape[1] - self.attn_dim], dim=1)
-        attended = torch.addcmul(self.shift, attended * F.hardsigmoid(self.gate_conv(attended)), self.scale)
-        return torch.cat((attended, rest), dim=1)
+        spatial = F.hardsigmoid(F.conv2d(x, self.gate_weight))
+        return torch.addcmul(self.shift, x, torch.addcmul(self.passed, spatial, self.gated_scale))
 
 
 class FusedMlp(nn.Module):
