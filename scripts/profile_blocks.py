@@ -267,7 +267,10 @@ def main() -> None:
     header = ["# Per-block profile: GEMM and non-GEMM time, deploy form, batch 1, one thread", "",
               "- Command: `.venv/bin/python scripts/profile_blocks.py`", f"- Machine: {describe_cpu()}",
               f"- {calls} profiled calls per model and runtime after 3 warm-up calls; milliseconds per call. "
-              "Profilers add overhead to small operators: read the split, not the absolute times.", ""]
+              "Profilers add overhead to small operators: read the split, not the absolute times.",
+              "- Each model is profiled once, not in alternation: on a shared machine whole-model times drift between "
+              "runs (OpenVINO's GEMM totals differed by up to 2x between two runs on the 2-core Xeon here, its "
+              "non-GEMM totals by under 25%); ratios belong to `bench_regimes.py`.", ""]
     out = Path(args.out)
     write_text_atomic(out / "profile.md", "\n".join(header + [line for c in cases for line in case_lines(c)]))
     write_text_atomic(out / "profile.json", json.dumps({"machine": machine_info(), "cases": cases}, indent=2))
