@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import time
 from pathlib import Path
 from unittest import mock
@@ -29,6 +28,7 @@ from patnet.export import export_onnx
 from patnet.flops import count_macs
 from patnet.layers import fused
 from patnet.layers.rel_pos import euclidean_bucket_index
+from patnet.runtimes import describe_cpu
 
 PAIRS = [("patnet_t0", "fasternet_t0"), ("patnet_t1", "fasternet_t1"), ("patnet_t2", "fasternet_t2"),
          ("patnet_s", "fasternet_s")]
@@ -63,14 +63,13 @@ class OrtModule(nn.Module):
 
 
 def std_mean_stats(x):
-    std, mean = torch.std_mean(x, dim=(2, 3))
+    std, mean = torch.std_mean(x, dim=(2, 3), keepdim=True)
     return mean, std
 
 
 def slicing_channel_attn(self, x):
-    out = x.clone()
+    out = x * self.gate(x)
     out[:, :self.conv_dim] = self.conv(x[:, :self.conv_dim])
-    out[:, self.conv_dim:] *= self.gate(x[:, self.conv_dim:])
     return out
 
 
@@ -107,7 +106,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: dict = dict(
-        machine=dict(cpu=platform.processor() or platform.machine(), cores=torch.get_num_threads(),
+        machine=dict(cpu=describe_cpu(), cores=torch.get_num_threads(),
                      torch=torch.__version__, timm=timm.__version__, patnet=patnet.__version__),
         protocol=dict(batch=1, img=224, dtype="float32", warmup=warmup, iters=iters, form="deploy"),
     )
