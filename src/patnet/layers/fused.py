@@ -167,14 +167,25 @@ class FusedMlp(nn.Module):
         self.spatial_gate = spatial_gate if spatial_gate is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if _exporting() or not x.is_contiguous(memory_format=torch.channels_last):
+        if _exporting() or not self._rows_pay_off(x):
             return self.spatial_gate(self.project(self.act(self.expand(x))))
         return self.spatial_gate(self._on_rows(x))
 
+    def _rows_pay_off(self, x: Tensor) -> bool:
+        """Whether :meth:`_on_rows` beats oneDNN's 1x1 convs here (measured on a Xeon, fp32): always under
+        ``torch.compile`` (T0 at 1x64x64 1.09 -> 0.82 of FasterNet); in eager PyTorch only on two or more
+        threads and for convs of at least 2M multiply-adds (224-input T2 on two threads 0.92 -> 0.80; the
+        64 px model's small convs were 12% slower as rows). Never for a map that is not channels-last, nor under
+        TorchScript."""
+        if torch.jit.is_scripting() or not x.is_contiguous(memory_format=torch.channels_last):
+            return False
+        if torch.compiler.is_compiling():
+            return True
+        return torch.get_num_threads() > 1 and x.numel() * self.expand.out_channels >= 1 << 21
+
     def _on_rows(self, x: Tensor) -> Tensor:
         """Both 1x1 convs as matrix products on the ``(B*H*W, C)`` rows a channels-last map already is (a free
-        view in and out). In eager PyTorch on two threads this is 6-13% faster for the whole network than
-        oneDNN's 1x1 convs (patnet_t2 22.1 -> 19.6 ms, Xeon); on one thread it is even."""
+        view in and out)."""
         batch, channels, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
         hidden = self.act(F.linear(rows, self.expand.weight.flatten(1), self.expand.bias))
