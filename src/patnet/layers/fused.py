@@ -167,17 +167,16 @@ class FusedMlp(nn.Module):
         self.spatial_gate = spatial_gate if spatial_gate is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if _exporting() or not self._rows_pay_off(x):
-            return self.spatial_gate(self.project(self.act(self.expand(x))))
-        return self.spatial_gate(self._on_rows(x))
+        mixed = self._on_rows(x) if self._rows_pay_off(x) else self.project(self.act(self.expand(x)))
+        return self.spatial_gate(mixed)
 
     def _rows_pay_off(self, x: Tensor) -> bool:
         """Whether :meth:`_on_rows` beats oneDNN's 1x1 convs here (measured on a Xeon, fp32): always under
         ``torch.compile`` (T0 at 1x64x64 1.09 -> 0.82 of FasterNet); in eager PyTorch only on two or more
         threads and for convs of at least 2M multiply-adds (224-input T2 on two threads 0.92 -> 0.80; the
         64 px model's small convs were 12% slower as rows). Never for a map that is not channels-last, nor under
-        TorchScript."""
-        if torch.jit.is_scripting() or not x.is_contiguous(memory_format=torch.channels_last):
+        TorchScript or an ONNX export."""
+        if torch.jit.is_scripting() or _exporting() or not x.is_contiguous(memory_format=torch.channels_last):
             return False
         if torch.compiler.is_compiling():
             return True

@@ -190,8 +190,7 @@ class PartialSpatialAttn(nn.Module):
                                             project.weight[rows, :, 0, 0])[..., None, None]
         project.bias[rows] = inner @ (scale * project.bias[rows] + shift)
         gate_scale, gate_shift = bn_scale_shift(self.gate_norm)
-        weight = self.gate_conv.weight
-        gate_weight = torch.cat((weight, weight.new_zeros(1, self.conv_dim, 1, 1)), dim=1)
-        on_b = gate_scale.new_zeros(self.conv_dim)
-        passed = torch.cat((gate_scale.new_zeros(self.attn_dim), torch.ones_like(on_b)))
-        return FusedSpatialGate(gate_weight, torch.cat((gate_scale, on_b)), passed, torch.cat((gate_shift, on_b)))
+        on_a, on_b = (0, self.conv_dim), (self.attn_dim, 0)  # zero-padding onto the A or B channels
+        gate_weight = F.pad(self.gate_conv.weight, (0, 0, 0, 0, *on_a))
+        passed = F.pad(gate_scale.new_ones(self.conv_dim), on_b)
+        return FusedSpatialGate(gate_weight, F.pad(gate_scale, on_a), passed, F.pad(gate_shift, on_a))
