@@ -83,10 +83,11 @@ def test_deploy_form_equals_training_form_at_224(name):
 
 
 @pytest.mark.parametrize("spatial_attn", [False, True])
-def test_mlp_on_rows_equals_its_convs(spatial_attn):
+def test_mlp_rows_columns_and_convs_agree(spatial_attn):
     _, fused = _block_pair("pat_ch", spatial_attn, seed=4)
     mlp = fused.mlp
     x = torch.randn(2, 48, 11, 7).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        convs = mlp.project(mlp.act(mlp.expand(x)))
+        convs = mlp._as_convs(x)
         assert _relative_error(convs, mlp._on_rows(x)) <= 1e-5
+        assert _relative_error(convs, mlp._on_columns(x.contiguous())) <= 1e-5

@@ -147,12 +147,19 @@ class ConvMlp(nn.Sequential):
         super().__init__(*layers)
 
     @torch.no_grad()
-    def fuse(self) -> FusedMlp:
-        """The deployment form: the BN folded into the first conv, PAT_sp's conv half into the second."""
+    def fuse(self, mixer: nn.Module | None = None) -> tuple[FusedMlp, nn.Module | None]:
+        """The deployment form: the BN folded into the first conv, PAT_sp's conv half into the second.
+
+        A PAT_ch ``mixer`` in front has its post-gate BN folded into the first conv too; its deployment
+        form is returned with the MLP's (``mixer`` itself when it has nothing to fold).
+        """
         expand, norm, act, project, *spatial = self
+        expand = fuse_conv_bn_eval(expand, norm)
+        if isinstance(mixer, PartialChannelAttn):
+            mixer = mixer.fuse_into(expand)
         project = conv_with_bias(project)
         gate = spatial[0].fuse_into(project) if spatial else None
-        return FusedMlp(fuse_conv_bn_eval(expand, norm), in_place(act), project, gate)
+        return FusedMlp(expand, in_place(act), project, gate), mixer
 
 
 class PatBlock(nn.Module):
@@ -190,11 +197,8 @@ class PatBlock(nn.Module):
         """Switch this block to its deployment form in place (use on a model in eval mode); idempotent."""
         if isinstance(self.mlp, FusedMlp):
             return
-        mlp = self.mlp.fuse()
-        mixer = self.spatial_mixing
-        if isinstance(mixer, PartialChannelAttn):  # its last BN is affine on the MLP's input channels
-            mixer = mixer.fuse_into(mlp.expand)
-        elif isinstance(mixer, PartialSelfAttn):
+        mlp, mixer = self.mlp.fuse(self.spatial_mixing)  # PAT_ch's last BN is affine on the MLP's input
+        if isinstance(mixer, PartialSelfAttn):
             mixer = mixer.fuse()
         self.spatial_mixing, self.mlp, self.drop_path = mixer, mlp, nn.Identity()
 
