@@ -5,6 +5,7 @@ import copy
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from helpers import randomize_inference_state
 
 import patnet  # noqa: F401
@@ -62,6 +63,17 @@ def test_channel_gate_passes_convolved_channels_exactly():
     scale = gate(x)
     assert scale.shape == (2, 48, 1, 1)
     assert torch.equal(scale[:, :fused.spatial_mixing.conv_dim], torch.ones_like(scale[:, :12]))
+
+
+def test_channel_gate_compiled_form_equals_matrix_product():
+    _, fused = _block_pair("pat_ch", False, seed=3)
+    gate = fused.spatial_mixing.gate
+    stats = torch.randn(2, 96, generator=torch.Generator().manual_seed(3)) * 10
+    with torch.no_grad():
+        product = torch.addmm(gate.bias, stats, gate.weight.t())
+        summed = gate._products_summed(stats)
+    assert _relative_error(product, summed) <= 1e-5
+    assert torch.equal(F.hardsigmoid(summed[:, :12]), torch.ones(2, 12))  # passed channels stay exact
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 5), (8, 8)])

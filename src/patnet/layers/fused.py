@@ -18,6 +18,13 @@ from .rel_pos import remember
 from .stats import spatial_mean_std
 
 
+def _compiling() -> bool:
+    """Whether ``torch.compile`` is tracing this call (never under TorchScript)."""
+    if torch.jit.is_scripting():
+        return False
+    return torch.compiler.is_compiling()
+
+
 def _exporting() -> bool:
     """Whether an ONNX export is tracing this call (never under TorchScript). The tracing check comes first:
     it is 20x cheaper than asking the exporter, which costs 3 us per call."""
@@ -49,7 +56,16 @@ class FusedChannelGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         stats = torch.cat(spatial_mean_std(x), dim=1).flatten(1)
+        if _compiling():
+            return F.hardsigmoid(self._products_summed(stats)).to(x.dtype)[:, :, None, None]
         return F.hardsigmoid(torch.addmm(self.bias, stats, self.weight.t()))[:, :, None, None]
+
+    def _products_summed(self, stats: Tensor) -> Tensor:
+        """``W [mean, std] + b`` as an fp32 multiply-and-sum, which inductor fuses into one small kernel: at
+        one sample a matrix product is a library call that costs more than its arithmetic (A/B on a Xeon,
+        compiled patnet_t2 bf16 0.80 -> 0.77 of FasterNet-T2, T0 0.98 -> 0.93; fp32 T0 at 64 px 0.79 -> 0.77)."""
+        products = stats.float()[:, :, None] * self.weight.t().float()
+        return products.sum(dim=1) + self.bias.float()
 
 
 class FusedPartialChannelAttn(nn.Module):
