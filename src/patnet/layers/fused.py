@@ -41,6 +41,11 @@ def _as_matrix(layer: nn.Module) -> Tuple[nn.Parameter, nn.Parameter]:
     return nn.Parameter(weight, requires_grad=False), nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
 
 
+def _as_conv_weight(matrix: Tensor) -> Tensor:
+    """An ``(in, out)`` matrix as a 1x1 conv's ``(out, in, 1, 1)`` weight (a view; the ONNX export folds it)."""
+    return matrix.t()[:, :, None, None]
+
+
 class FusedChannelGate(nn.Module):
     """PAT_ch's gate with its BN folded, as a per-channel scale of the whole map:
     ``hsig(W [mean, std] + b)`` over all ``C`` channels, one small matmul.
@@ -153,11 +158,11 @@ class FusedPartialSelfAttn(nn.Module):
         batch, _, height, width = untouched.shape
         centred = untouched - untouched.mean(dim=1, keepdim=True)
         normed = centred * torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + self.eps)
-        qkv = F.conv2d(normed, self.qkv_weight.t()[:, :, None, None], self.qkv_bias)
+        qkv = F.conv2d(normed, _as_conv_weight(self.qkv_weight), self.qkv_bias)
         q, k, v = qkv.reshape(batch, 3, self.num_heads, self.head_dim, height * width).unbind(1)
         logits = torch.matmul(q.transpose(-1, -2), k) + self.attention_bias(height, width)
         out = torch.matmul(v, logits.softmax(dim=-1).transpose(-1, -2))
-        return F.conv2d(out.reshape(batch, self.untouched_dim, height, width), self.proj_weight.t()[:, :, None, None],
+        return F.conv2d(out.reshape(batch, self.untouched_dim, height, width), _as_conv_weight(self.proj_weight),
                         self.proj_bias)
 
 
@@ -204,9 +209,9 @@ class FusedMlp(nn.Module):
 
     def _on_rows(self, x: Tensor) -> Tensor:
         """Both 1x1 convs as matrix products on the ``(B*H*W, C)`` rows a channels-last map already is (a free
-        view in and out). Against oneDNN's 1x1 convs on a Xeon, fp32, in one process: patnet_t2 at 224 went
-        from 0.83 to 0.81 of FasterNet-T2 on one thread and 0.80 -> 0.76 on two; the 64 px model's tiny maps
-        from 1.19 to 1.24."""
+        view in and out). Against the previous deploy form (oneDNN's 1x1 convs on one thread, ``F.linear`` on
+        two), A/B on a Xeon, fp32: patnet_t2 at 224 from 0.79 to 0.77 of FasterNet-T2 on one thread and 0.80 to
+        0.76 on two; the 64 px model's tiny maps from 1.19 to 1.22."""
         batch, channels, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
         hidden = self.act(torch.addmm(self.expand_bias, rows, self.expand_weight))
@@ -221,6 +226,6 @@ class FusedMlp(nn.Module):
         return out.view(batch, channels, height, width)
 
     def _as_convs(self, x: Tensor) -> Tensor:
-        """The exported graph's form: 1x1 convs, whose transposed weights the export folds into constants."""
-        hidden = self.act(F.conv2d(x, self.expand_weight.t()[:, :, None, None], self.expand_bias))
-        return F.conv2d(hidden, self.project_weight.t()[:, :, None, None], self.project_bias)
+        """The exported graph's form: 1x1 convs."""
+        hidden = self.act(F.conv2d(x, _as_conv_weight(self.expand_weight), self.expand_bias))
+        return F.conv2d(hidden, _as_conv_weight(self.project_weight), self.project_bias)
