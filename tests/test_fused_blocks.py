@@ -76,6 +76,17 @@ def test_channel_gate_compiled_form_equals_matrix_product():
     assert torch.equal(F.hardsigmoid(summed[:, :12]), torch.ones(2, 12))  # passed channels stay exact
 
 
+def test_spatial_gate_compiled_form_equals_conv():
+    _, fused = _block_pair("pat_ch", True, seed=4)
+    gate = fused.mlp.spatial_gate
+    x = torch.randn(2, 48, 9, 11, generator=torch.Generator().manual_seed(4)) * 10
+    with torch.no_grad():
+        convolved = F.conv2d(x, gate.gate_weight)
+        summed = gate._products_summed(x)
+    assert summed.shape == convolved.shape == (2, 1, 9, 11)
+    assert _relative_error(convolved, summed) <= 1e-5
+
+
 @pytest.mark.parametrize("size", [(1, 1), (1, 5), (8, 8)])
 def test_spatial_statistics_match_torch(size):
     x = torch.randn(2, 5, *size, dtype=torch.float64)
