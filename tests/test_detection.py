@@ -16,6 +16,7 @@ from patnet.data.coco import CocoDetection, hflip
 from patnet.data.scenes import SceneSpec, write_scenes
 from patnet.detection import build_detector
 from patnet.detection.coco_eval import evaluate_results
+from patnet.detection.config import make_detect_config
 from patnet.detection.data import SYNTHETIC_SCENES
 from patnet.detection.models import TimmFpnBackbone
 
@@ -97,6 +98,18 @@ def test_bad_detector_options_are_one_line_errors(kwargs, message):
     num_classes = kwargs.pop("num_classes", 4)
     with pytest.raises(ValueError, match=message):
         tiny_detector(arch, "patnet_t0", num_classes, **kwargs)
+
+
+@pytest.mark.parametrize("preset, epochs, steps", [
+    ("coco-1x", 24, (16, 22)),  # the 2x schedule
+    ("coco-1x", 1, (1,)),
+    ("fm-scenes", 12, (10,)),
+    (None, 3, (2, 3)),
+])
+def test_lr_steps_follow_a_changed_epoch_count(preset, epochs, steps):
+    kwargs = dict(data_dir="coco") if preset in (None, "coco-1x") else {}
+    assert make_detect_config(preset, epochs=epochs, **kwargs).lr_steps == steps
+    assert make_detect_config(preset, epochs=epochs, lr_steps=(epochs,), **kwargs).lr_steps == (epochs,)
 
 
 def test_backbone_weights_come_from_a_patnet_train_checkpoint(tmp_path):

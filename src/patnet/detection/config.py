@@ -138,6 +138,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def scaled_lr_steps(steps: tuple[int, ...], epochs: int, new_epochs: int) -> tuple[int, ...]:
+    """``steps`` of an ``epochs``-long schedule at the same fractions of ``new_epochs`` (each in 1..new_epochs):
+    the 1x schedule's (8, 11) of 12 epochs becomes the 2x schedule's (16, 22) of 24, and (1,) of 1."""
+    if new_epochs < 1:
+        return tuple(steps)  # validate() names the bad --epochs
+    return tuple(sorted({min(new_epochs, max(1, round(s * new_epochs / epochs))) for s in steps}))
+
+
 def make_detect_config(preset: str | None = None, **overrides: Any) -> DetectConfig:
     """A config from ``preset`` (or the defaults) with ``overrides`` applied, validated."""
     if preset is not None and preset not in PRESETS:
@@ -145,6 +153,9 @@ def make_detect_config(preset: str | None = None, **overrides: Any) -> DetectCon
     values = dict(PRESETS[preset]) if preset else {}
     if preset == "coco-1x" and "lr_base" not in overrides:
         values["lr_base"] = _lr_base_for(overrides.get("backbone", DetectConfig.backbone))
+    if "epochs" in overrides and "lr_steps" not in overrides and isinstance(overrides["epochs"], int):
+        values["lr_steps"] = scaled_lr_steps(values.get("lr_steps", DetectConfig.lr_steps),
+                                             values.get("epochs", DetectConfig.epochs), overrides["epochs"])
     config = DetectConfig.from_dict({**values, **overrides})
     config.validate()
     return config
