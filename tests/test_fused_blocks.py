@@ -11,7 +11,7 @@ from helpers import randomize_inference_state
 import patnet  # noqa: F401
 from patnet.deploy import deploy
 from patnet.layers.fused import FusedPartialSelfAttn
-from patnet.layers.stats import spatial_mean_std
+from patnet.layers.stats import spatial_mean_std, stacked_mean_std
 from patnet.models.patnet import PatBlock
 
 MAPS = {  # mixer -> map sizes: the stage's map at a 224 input, at a 64 input, non-square
@@ -95,6 +95,28 @@ def test_spatial_statistics_match_torch(size):
     torch.testing.assert_close(mean.flatten(), x.mean(dim=(2, 3)).flatten())
     if size[0] * size[1] > 1:
         torch.testing.assert_close(std.flatten(), x.std(dim=(2, 3)).flatten())
+
+
+@pytest.mark.parametrize("size", [(56, 56), (7, 7), (2, 2), (1, 1), (13, 9)])
+@pytest.mark.parametrize("batch, channels_last", [(1, True), (1, False), (3, True)])
+def test_stacked_statistics_equal_spatial_statistics(size, batch, channels_last):
+    x = torch.randn(batch, 30, *size, generator=torch.Generator().manual_seed(size[1])) * 0.01 + 50
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mean, std = spatial_mean_std(x)
+    expected = torch.cat((mean.flatten(1), std.flatten(1)), dim=1)
+    for traceable in (False, True):
+        stacked = stacked_mean_std(x, traceable=traceable)
+        assert stacked.shape == (batch, 60)
+        torch.testing.assert_close(stacked, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_statistics_keep_dtype_and_gradients():
+    x = torch.randn(1, 8, 6, 5).contiguous(memory_format=torch.channels_last)
+    assert stacked_mean_std(x.bfloat16()).dtype == torch.bfloat16
+    x.requires_grad_(True)
+    stacked_mean_std(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("name", ["patnet_t0", "patnet_t1"])

