@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from helpers import randomize_inference_state
 
 import patnet  # noqa: F401
+import patnet.layers.fused as fused_layers
 from patnet.deploy import deploy
-from patnet.layers.fused import FusedPartialSelfAttn
+from patnet.layers.fused import FusedMlp, FusedPartialSelfAttn
 from patnet.layers.stats import spatial_mean_std, stacked_mean_std
 from patnet.models.patnet import PatBlock
 
@@ -136,3 +137,32 @@ def test_mlp_rows_columns_and_convs_agree(spatial_attn):
         convs = mlp._as_convs(x)
         assert _relative_error(convs, mlp._on_rows(x)) <= 1e-5
         assert _relative_error(convs, mlp._on_columns(x.contiguous())) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype, convs", [(torch.float32, True), (torch.bfloat16, False)])
+def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, convs):
+    _, fused = _block_pair("pat_sf", True, seed=5)
+    fused = fused.to(dtype)
+    x = torch.randn(1, 48, 7, 5, generator=torch.Generator().manual_seed(5)).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    taken = []
+    for name in ("_as_convs", "_on_rows"):
+        monkeypatch.setattr(FusedMlp, name, _recording(getattr(FusedMlp, name), taken, name))
+    for name in ("_attend_channels_first", "_attend_tokens"):
+        attend = getattr(FusedPartialSelfAttn, name)
+        monkeypatch.setattr(FusedPartialSelfAttn, name, _recording(attend, taken, name))
+    with torch.no_grad():
+        expected = fused(x).float()
+        taken.clear()
+        monkeypatch.setattr(fused_layers, "_ONEDNN_FOR_COMPILED_FP32", True)
+        monkeypatch.setattr(fused_layers, "_compiling", lambda: True)
+        actual = fused(x).float()
+    assert taken == (["_attend_channels_first", "_as_convs"] if convs else ["_attend_tokens", "_on_rows"])
+    assert _relative_error(expected, actual) <= (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def _recording(method, taken: list, name: str):
+    def wrapper(self, *args):
+        taken.append(name)
+        return method(self, *args)
+    return wrapper

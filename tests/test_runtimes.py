@@ -121,6 +121,16 @@ def test_bf16_message_names_the_missing_flags(monkeypatch):
     assert describe_cpu().endswith("(avx2; no avx512f, avx512_bf16, amx_bf16)")
 
 
+@pytest.mark.parametrize("vendor, slow", [("AuthenticAMD", True), ("GenuineIntel", False), (None, False)])
+def test_mkl_gemm_is_slow_on_amd_only(monkeypatch, vendor, slow):
+    monkeypatch.setattr(hardware, "_cpuinfo_field", lambda field: vendor if field == "vendor_id" else None)
+    hardware.mkl_gemm_is_slow.cache_clear()
+    try:
+        assert hardware.mkl_gemm_is_slow() is slow
+    finally:
+        hardware.mkl_gemm_is_slow.cache_clear()
+
+
 def test_bench_bf16_without_native_support_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: dict.fromkeys(FLAGS_THAT_MATTER, False))
     with pytest.raises(SystemExit) as exit_info:

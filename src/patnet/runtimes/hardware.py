@@ -9,6 +9,7 @@ hardware computes it natively (AVX512-BF16 or AMX on a CPU, a GPU with native bf
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 from typing import Iterator
@@ -38,6 +39,15 @@ def _cpuinfo_field(field: str) -> str | None:
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=None)
+def mkl_gemm_is_slow() -> bool:
+    """True on AMD CPUs, where MKL's fp32 GEMM runs well below oneDNN's kernels. ``torch.compile`` with frozen
+    weights turns an fp32 matrix product into MKL's packed GEMM (``mkl::_mkl_linear``) and a conv into oneDNN's:
+    on an AMD EPYC (avx512f, avx512_bf16), one thread, MKL's 2048x2048 fp32 matmul reached 89 GFLOP/s while
+    timm's compiled FasterNet-T2 (oneDNN convs) ran at 142."""
+    return _cpuinfo_field("vendor_id") in ("AuthenticAMD", "HygonGenuine")
 
 
 def cpu_flags() -> dict[str, bool]:
