@@ -139,8 +139,9 @@ def test_mlp_rows_columns_and_convs_agree(spatial_attn):
         assert _relative_error(convs, mlp._on_columns(x.contiguous())) <= 1e-5
 
 
-@pytest.mark.parametrize("dtype, convs", [(torch.float32, True), (torch.bfloat16, False)])
-def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, convs):
+@pytest.mark.parametrize("dtype, min_macs, convs", [(torch.float32, 0, True), (torch.float32, 10**9, False),
+                                                     (torch.bfloat16, 0, False)])
+def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, min_macs, convs):
     _, fused = _block_pair("pat_sf", True, seed=5)
     fused = fused.to(dtype)
     x = torch.randn(1, 48, 7, 5, generator=torch.Generator().manual_seed(5)).to(dtype)
@@ -155,6 +156,7 @@ def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, co
         expected = fused(x).float()
         taken.clear()
         monkeypatch.setattr(fused_layers, "_ONEDNN_FOR_COMPILED_FP32", True)
+        monkeypatch.setattr(fused_layers, "_CONV_MIN_MACS", min_macs)
         monkeypatch.setattr(fused_layers, "_compiling", lambda: True)
         actual = fused(x).float()
     assert taken == (["_attend_channels_first", "_as_convs"] if convs else ["_attend_tokens", "_on_rows"])

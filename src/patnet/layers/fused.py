@@ -19,6 +19,7 @@ from .rel_pos import remember
 from .stats import stacked_mean_std
 
 _ONEDNN_FOR_COMPILED_FP32 = mkl_gemm_is_slow()  # read once: dynamo should not trace a cached call
+_CONV_MIN_MACS = 2 ** 21
 
 
 def _compiling() -> bool:
@@ -28,15 +29,18 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def _convs_when_compiled(x: Tensor) -> bool:
-    """Whether ``torch.compile`` is tracing an fp32 call on a CPU whose MKL GEMM is slow
-    (:func:`~patnet.runtimes.hardware.mkl_gemm_is_slow`): the 1x1 maps then take the export's conv form, which
-    inductor runs as oneDNN convs, instead of matrix products it would hand to MKL's packed GEMM. A/B on an AMD
-    EPYC, compiled fp32, one thread, against FasterNet-T2: 1.31 with matrix products, 0.79 with the MLP as convs,
-    0.72 with PAT_sf's channels-first form as well (T0 1.33 -> 1.04)."""
+def _convs_when_compiled(x: Tensor, matrix: Tensor) -> bool:
+    """Whether ``torch.compile`` is tracing an fp32 product of ``x``'s rows with an ``(in, out)`` ``matrix`` of at
+    least :data:`_CONV_MIN_MACS` multiply-adds on a CPU whose MKL GEMM is slow
+    (:func:`~patnet.runtimes.hardware.mkl_gemm_is_slow`): it then takes the export's 1x1 conv form, which inductor
+    runs as a oneDNN conv instead of MKL's packed GEMM. Regime matrix on an AMD EPYC before and after, compiled
+    fp32, one / two threads, against FasterNet: T2 1.17 / 1.37 -> 0.71 / 0.79, S 1.32 / 1.53 -> 0.69 / 0.75, T0
+    1.22 / 1.15 -> 0.98 / 1.00. Smaller products keep MKL: with every product as a conv, oneDNN's per-call cost
+    took the 64 px model's tiny maps from 0.91 / 0.92 to 1.09 / 1.15 of FasterNet-T0."""
     if torch.jit.is_scripting():
         return False
-    return _ONEDNN_FOR_COMPILED_FP32 and x.dtype == torch.float32 and _compiling()
+    macs = x.shape[0] * x.shape[2] * x.shape[3] * matrix.shape[0] * matrix.shape[1]
+    return _ONEDNN_FOR_COMPILED_FP32 and x.dtype == torch.float32 and macs >= _CONV_MIN_MACS and _compiling()
 
 
 def _exporting() -> bool:
@@ -151,7 +155,7 @@ class FusedPartialSelfAttn(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
-        if _exporting() or _convs_when_compiled(x):
+        if _exporting() or _convs_when_compiled(untouched, self.qkv_weight):
             attended = self._attend_channels_first(untouched)
         else:
             attended = self._attend_tokens(untouched)
@@ -229,7 +233,7 @@ class FusedMlp(nn.Module):
         self.spatial_gate = spatial_gate if spatial_gate is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if _exporting() or _convs_when_compiled(x):
+        if _exporting() or _convs_when_compiled(x, self.expand_weight):
             mixed = self._as_convs(x)
         elif x.is_contiguous(memory_format=torch.channels_last):
             mixed = self._on_rows(x)
