@@ -124,11 +124,7 @@ def test_bf16_message_names_the_missing_flags(monkeypatch):
 @pytest.mark.parametrize("vendor, slow", [("AuthenticAMD", True), ("GenuineIntel", False), (None, False)])
 def test_mkl_gemm_is_slow_on_amd_only(monkeypatch, vendor, slow):
     monkeypatch.setattr(hardware, "_cpuinfo_field", lambda field: vendor if field == "vendor_id" else None)
-    hardware.mkl_gemm_is_slow.cache_clear()
-    try:
-        assert hardware.mkl_gemm_is_slow() is slow
-    finally:
-        hardware.mkl_gemm_is_slow.cache_clear()
+    assert hardware.mkl_gemm_is_slow() is slow
 
 
 def test_bench_bf16_without_native_support_is_one_line(monkeypatch, tmp_path, capsys):

@@ -18,7 +18,7 @@ from ..runtimes.hardware import mkl_gemm_is_slow
 from .rel_pos import remember
 from .stats import stacked_mean_std
 
-_ONEDNN_FOR_COMPILED_FP32 = mkl_gemm_is_slow()  # read once: dynamo should not trace a cached call
+_ONEDNN_FOR_COMPILED_FP32 = mkl_gemm_is_slow()  # read once, at import
 _CONV_MIN_MACS = 2 ** 21
 
 
@@ -33,14 +33,17 @@ def _convs_when_compiled(x: Tensor, matrix: Tensor) -> bool:
     """Whether ``torch.compile`` is tracing an fp32 product of ``x``'s rows with an ``(in, out)`` ``matrix`` of at
     least :data:`_CONV_MIN_MACS` multiply-adds on a CPU whose MKL GEMM is slow
     (:func:`~patnet.runtimes.hardware.mkl_gemm_is_slow`): it then takes the export's 1x1 conv form, which inductor
-    runs as a oneDNN conv instead of MKL's packed GEMM. Regime matrix on an AMD EPYC before and after, compiled
-    fp32, one / two threads, against FasterNet: T2 1.17 / 1.37 -> 0.71 / 0.79, S 1.32 / 1.53 -> 0.69 / 0.75, T0
-    1.22 / 1.15 -> 0.98 / 1.00. Smaller products keep MKL: with every product as a conv, oneDNN's per-call cost
-    took the 64 px model's tiny maps from 0.91 / 0.92 to 1.09 / 1.15 of FasterNet-T0."""
+    runs as a oneDNN conv instead of MKL's packed GEMM. Regime matrix on an AMD EPYC before and after
+    (docs/bench/epyc), compiled fp32, one / two threads, against FasterNet: T2 1.17 / 1.37 -> 0.70 / 0.85, S
+    1.32 / 1.53 -> 0.70 / 0.76, T0 1.22 / 1.15 -> 0.97 / 1.06. Smaller products keep MKL: with every product as a
+    conv, oneDNN's per-call cost took the 64 px model's tiny maps from 0.91 / 0.92 to 1.09 / 1.15 of FasterNet-T0.
+    Eager calls stop at the first two checks."""
     if torch.jit.is_scripting():
         return False
+    if not (_ONEDNN_FOR_COMPILED_FP32 and _compiling()):
+        return False
     macs = x.shape[0] * x.shape[2] * x.shape[3] * matrix.shape[0] * matrix.shape[1]
-    return _ONEDNN_FOR_COMPILED_FP32 and x.dtype == torch.float32 and macs >= _CONV_MIN_MACS and _compiling()
+    return x.dtype == torch.float32 and macs >= _CONV_MIN_MACS
 
 
 def _exporting() -> bool:

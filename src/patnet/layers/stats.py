@@ -15,10 +15,14 @@ def spatial_mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
     flatten), which makes this 2x faster than a flattened form in eager PyTorch on channels-last maps
     and avoids layout reorders in OpenVINO; ``torch.var_mean`` is about 8x slower on CPU.
     """
-    count = x.shape[2] * x.shape[3]
     mean = x.mean(dim=(2, 3), keepdim=True)
     variance = (x - mean).square().mean(dim=(2, 3), keepdim=True)
-    return mean, torch.sqrt(variance * (count / max(count - 1, 1)))
+    return mean, _unbiased_std(variance, x.shape[2] * x.shape[3])
+
+
+def _unbiased_std(variance: Tensor, count: int) -> Tensor:
+    """``sqrt(variance * n / (n - 1))`` from the biased variance of ``n`` values (0 for a single value)."""
+    return torch.sqrt(variance * (count / max(count - 1, 1)))
 
 
 def stacked_mean_std(x: Tensor, traceable: bool = False) -> Tensor:
@@ -38,10 +42,8 @@ def stacked_mean_std(x: Tensor, traceable: bool = False) -> Tensor:
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     if traceable or batch != 1 or x.requires_grad or not channels_last:
         return torch.cat(spatial_mean_std(x), dim=1).flatten(1)
-    count = height * width
     mean, variance = torch.batch_norm_update_stats(x, None, None, 0.0)
-    std = torch.sqrt(variance * (count / max(count - 1, 1)))
-    return torch.cat((mean, std)).view(1, 2 * channels)
+    return torch.cat((mean, _unbiased_std(variance, height * width))).view(1, 2 * channels)
 
 
 def bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:

@@ -9,7 +9,6 @@ hardware computes it natively (AVX512-BF16 or AMX on a CPU, a GPU with native bf
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import platform
 from typing import Iterator
@@ -41,7 +40,6 @@ def cpu_model() -> str:
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
-@functools.lru_cache(maxsize=None)
 def mkl_gemm_is_slow() -> bool:
     """True on AMD CPUs, where MKL's fp32 GEMM runs well below oneDNN's kernels. ``torch.compile`` with frozen
     weights turns an fp32 matrix product into MKL's packed GEMM (``mkl::_mkl_linear``) and a conv into oneDNN's:
