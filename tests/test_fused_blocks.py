@@ -155,8 +155,8 @@ def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, mi
     with torch.no_grad():
         expected = fused(x).float()
         taken.clear()
-        monkeypatch.setattr(fused_layers, "_ONEDNN_FOR_COMPILED_FP32", True)
-        monkeypatch.setattr(fused_layers, "_CONV_MIN_MACS", min_macs)
+        monkeypatch.setattr(fused_layers, "FP32_TAKES_ONEDNN", True)
+        monkeypatch.setattr(fused_layers, "MIN_MACS", min_macs)
         monkeypatch.setattr(fused_layers, "_compiling", lambda: True)
         actual = fused(x).float()
     assert taken == (["_attend_channels_first", "_as_convs"] if convs else ["_attend_tokens", "_on_rows"])

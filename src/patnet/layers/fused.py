@@ -14,12 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..runtimes.hardware import mkl_gemm_is_slow
+from .onednn import FP32_TAKES_ONEDNN, MIN_MACS, PackedMatrix, post_op, takes_onednn
 from .rel_pos import remember
 from .stats import stacked_mean_std
-
-_ONEDNN_FOR_COMPILED_FP32 = mkl_gemm_is_slow()  # read once, at import
-_CONV_MIN_MACS = 2 ** 21
 
 
 def _compiling() -> bool:
@@ -31,7 +28,7 @@ def _compiling() -> bool:
 
 def _convs_when_compiled(x: Tensor, matrix: Tensor) -> bool:
     """Whether ``torch.compile`` is tracing an fp32 product of ``x``'s rows with an ``(in, out)`` ``matrix`` of at
-    least :data:`_CONV_MIN_MACS` multiply-adds on a CPU whose MKL GEMM is slow
+    least :data:`~patnet.layers.onednn.MIN_MACS` multiply-adds on a CPU whose MKL GEMM is slow
     (:func:`~patnet.runtimes.hardware.mkl_gemm_is_slow`): it then takes the export's 1x1 conv form, which inductor
     runs as a oneDNN conv instead of MKL's packed GEMM. Regime matrix on an AMD EPYC before and after
     (docs/bench/epyc), compiled fp32, one / two threads, against FasterNet: T2 1.17 / 1.37 -> 0.70 / 0.85, S
@@ -40,10 +37,10 @@ def _convs_when_compiled(x: Tensor, matrix: Tensor) -> bool:
     Eager calls stop at the first two checks."""
     if torch.jit.is_scripting():
         return False
-    if not (_ONEDNN_FOR_COMPILED_FP32 and _compiling()):
+    if not (FP32_TAKES_ONEDNN and _compiling()):
         return False
     macs = x.shape[0] * x.shape[2] * x.shape[3] * matrix.shape[0] * matrix.shape[1]
-    return x.dtype == torch.float32 and macs >= _CONV_MIN_MACS
+    return x.dtype == torch.float32 and macs >= MIN_MACS
 
 
 def _exporting() -> bool:
@@ -125,7 +122,7 @@ class FusedPartialSelfAttn(nn.Module):
     The relative-position bias is gathered once per map shape and kept; TorchScript recomputes it.
     """
 
-    __jit_ignored_attributes__ = ["_bias_cache"]
+    __jit_ignored_attributes__ = ["_bias_cache", "_qkv_packed", "_proj_packed"]
 
     def __init__(self, conv: nn.Conv2d, qkv: nn.Linear, proj: nn.Linear, untouched_dim: int, num_heads: int,
                  eps: float, rel_pos: nn.Module):
@@ -139,6 +136,7 @@ class FusedPartialSelfAttn(nn.Module):
         self.proj_weight, self.proj_bias = _as_matrix(proj)
         self.rel_pos = rel_pos
         self._bias_cache: Dict[Tuple[int, int, str, str], Tensor] = {}
+        self._qkv_packed, self._proj_packed = PackedMatrix(), PackedMatrix()
 
     def attention_bias(self, height: int, width: int) -> Tensor:
         if torch.jit.is_scripting():
@@ -169,13 +167,25 @@ class FusedPartialSelfAttn(nn.Module):
         batch, _, height, width = untouched.shape
         length = height * width
         tokens = F.layer_norm(untouched.flatten(2).transpose(1, 2), (self.untouched_dim,), eps=self.eps)
-        qkv = torch.addmm(self.qkv_bias, tokens.reshape(batch * length, self.untouched_dim), self.qkv_weight)
+        qkv = self._product(tokens.reshape(batch * length, self.untouched_dim), self.qkv_weight, self.qkv_bias)
         q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.attention_bias(height, width), scale=1.0)
-        out = torch.addmm(self.proj_bias, out.transpose(1, 2).reshape(batch * length, self.untouched_dim),
-                          self.proj_weight)
+        out = self._product(out.transpose(1, 2).reshape(batch * length, self.untouched_dim), self.proj_weight,
+                            self.proj_bias)
         return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(
             batch, self.untouched_dim, height, width)
+
+    def _product(self, rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
+        """``rows @ matrix + bias``: ``torch.addmm``, or a prepacked oneDNN linear (:mod:`patnet.layers.onednn`)."""
+        if not torch.jit.is_scripting():
+            if takes_onednn(rows, matrix):
+                return self._packed_product(rows, matrix, bias)
+        return torch.addmm(bias, rows, matrix)
+
+    @torch.jit.unused
+    def _packed_product(self, rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
+        packed = self._qkv_packed if matrix is self.qkv_weight else self._proj_packed
+        return packed.product(rows, matrix, bias)
 
     def _attend_channels_first(self, untouched: Tensor) -> Tensor:
         """The exported graph's form: the map stays ``(B, Cu, H, W)``; LayerNorm over channels, ``qkv`` and
@@ -228,12 +238,15 @@ class FusedMlp(nn.Module):
     holds PAT_sp's conv half. Both are kept as ``(in, out)`` matrices (:func:`_as_matrix`).
     """
 
+    __jit_ignored_attributes__ = ["_expand_packed", "_project_packed"]
+
     def __init__(self, expand: nn.Conv2d, act: nn.Module, project: nn.Conv2d, spatial_gate: nn.Module | None = None):
         super().__init__()
         self.expand_weight, self.expand_bias = _as_matrix(expand)
         self.act = act
         self.project_weight, self.project_bias = _as_matrix(project)
         self.spatial_gate = spatial_gate if spatial_gate is not None else nn.Identity()
+        self._expand_packed, self._project_packed = PackedMatrix(), PackedMatrix()
 
     def forward(self, x: Tensor) -> Tensor:
         if _exporting() or _convs_when_compiled(x, self.expand_weight):
@@ -251,9 +264,22 @@ class FusedMlp(nn.Module):
         0.76 on two; the 64 px model's tiny maps from 1.19 to 1.22."""
         batch, channels, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+        if not torch.jit.is_scripting():
+            if takes_onednn(rows, self.expand_weight):
+                return self._in_onednn(rows).view(batch, height, width, channels).permute(0, 3, 1, 2)
         hidden = self.act(torch.addmm(self.expand_bias, rows, self.expand_weight))
         out = torch.addmm(self.project_bias, hidden, self.project_weight)
         return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+    @torch.jit.unused
+    def _in_onednn(self, rows: Tensor) -> Tensor:
+        """:meth:`_on_rows`'s products as prepacked oneDNN linears, the activation fused where oneDNN has it
+        (:mod:`patnet.layers.onednn`)."""
+        fused = post_op(self.act)
+        hidden = self._expand_packed.product(rows, self.expand_weight, self.expand_bias, fused)
+        if fused is None:
+            hidden = self.act(hidden)
+        return self._project_packed.product(hidden, self.project_weight, self.project_bias)
 
     def _on_columns(self, x: Tensor) -> Tensor:
         """The same products on an NCHW map's ``(B, C, H*W)`` columns (transposed weight operands are free)."""

@@ -1,0 +1,84 @@
+"""A/B of eager inference's oneDNN linears (patnet.layers.onednn) against torch.addmm, beside FasterNet.
+
+One process per thread count; in each round the deployed PATNet runs once with the oneDNN linears (B) and
+once with them off (A, torch.addmm as before), and the deployed FasterNet partner once, in rotating order
+(batch 1, 150 timed calls each after 10 warm-up calls, medians of 5-call rounds). Prints a markdown table:
+A / FasterNet, B / FasterNet and B / A (medians of per-round ratios) and the largest relative difference
+between A's and B's outputs. Toggling the rule between calls is sound in eager mode only (nothing caches it).
+
+    .venv/bin/python scripts/ab_onednn.py --threads 1 2 --dtype fp32
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import numpy as np
+import timm
+import torch
+
+import patnet.layers.fused as fused
+from patnet.bench.timing import time_alternating
+from patnet.deploy import deploy
+from patnet.models import baseline_partner
+from patnet.runtimes.hardware import describe_cpu
+
+CASES = {"t0": ("patnet_t0", 224, 3, 1000), "t1": ("patnet_t1", 224, 3, 1000), "t2": ("patnet_t2", 224, 3, 1000),
+         "s": ("patnet_s", 224, 3, 1000), "t0@64": ("patnet_t0", 64, 1, 10)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    parser.add_argument("--iters", type=int, default=150)
+    return parser.parse_args()
+
+
+def with_rule(model: torch.nn.Module, x: torch.Tensor, onednn: bool) -> Callable[[], torch.Tensor]:
+    rule = fused.takes_onednn
+
+    def call() -> torch.Tensor:
+        fused.takes_onednn = rule if onednn else (lambda rows, matrix: False)
+        try:
+            return model(x)
+        finally:
+            fused.takes_onednn = rule
+    return call
+
+
+def measure(case: str, dtype: torch.dtype, iters: int) -> str:
+    name, size, chans, classes = CASES[case]
+    models = [deploy(timm.create_model(n, num_classes=classes, in_chans=chans).eval()).to(dtype)
+              for n in (name, baseline_partner(name))]
+    x = torch.randn(1, chans, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
+    runs = {"A": with_rule(models[0], x, False), "B": with_rule(models[0], x, True), "F": lambda: models[1](x)}
+    with torch.inference_mode():
+        before, after = runs["A"](), runs["B"]()
+        difference = ((before - after).abs().max() / before.abs().max()).item()
+        times = time_alternating(runs, iters=iters, warmup=10, per_round=5)
+    rounds = {key: np.median(t, axis=1) for key, t in times.items()}
+    ms = {key: 1e3 * float(np.median(r)) for key, r in rounds.items()}
+
+    def ratio(a: str, b: str) -> str:
+        return f"{np.median(rounds[a] / rounds[b]):.3f}"
+    return (f"| {name} | {size} | {torch.get_num_threads()} | {ms['A']:.2f} | {ms['B']:.2f} | {ms['F']:.2f} | "
+            f"{ratio('A', 'F')} | {ratio('B', 'F')} | {ratio('B', 'A')} | {difference:.1e} |")
+
+
+def main() -> None:
+    args = parse_args()
+    print(f"CPU: {describe_cpu()}; {args.dtype}; torch {torch.__version__}\n")
+    print("| model | px | threads | A ms (addmm) | B ms (oneDNN) | FasterNet ms | A / F | B / F | B / A | "
+          "max rel. diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for case in args.cases:
+            print(measure(case, DTYPES[args.dtype], args.iters), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Eager inference's matrix products through oneDNN's linear kernel: prepacked weights, the activation fused.
+
+``torch.addmm`` runs fp32 products in MKL, whose GEMM is slow on AMD CPUs
+(:func:`~patnet.runtimes.hardware.mkl_gemm_is_slow`), and the activation after it is another pass over the
+MLP's widest tensor. oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor uses for
+frozen bf16 weights) takes a weight packed once into its own layout and applies GELU or ReLU as it writes.
+A/B on an AMD EPYC (avx512f, avx512_bf16), eager, one process, against FasterNet (scripts/ab_onednn.py),
+fp32 one / two threads: patnet_t0 0.89 -> 0.78 / 1.03 -> 0.87, t1 0.83 -> 0.62 / 1.08 -> 0.89,
+t2 0.68 -> 0.47 / 0.94 -> 0.65, s 0.70 -> 0.43 / 1.01 -> 0.61; bf16 4-19% faster. Tiny products lose to
+oneDNN's per-call cost (with every product in oneDNN the 64 px model went 1.14 -> 1.25), so products under
+:data:`MIN_MACS` keep ``torch.addmm``, as do graphs (compile, exports, TorchScript), inputs that need
+gradients, and fp32 where MKL is fast (Intel).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..runtimes.hardware import mkl_gemm_is_slow
+
+MIN_MACS = 2 ** 21
+FP32_TAKES_ONEDNN = mkl_gemm_is_slow()  # read once, at import
+_HAS_KERNEL = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+               and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+def post_op(act: nn.Module) -> Optional[Tuple[str, str]]:
+    """oneDNN's name and algorithm for activation ``act`` when it can fuse it (GELU, ReLU), else None."""
+    if isinstance(act, nn.GELU):
+        return "gelu", act.approximate
+    if isinstance(act, nn.ReLU):
+        return "relu", ""
+    return None
+
+
+def takes_onednn(rows: Tensor, matrix: Tensor) -> bool:
+    """Whether the eager product of ``rows`` with an ``(in, out)`` ``matrix`` should run in oneDNN: CPU
+    inference (no gradient, no graph being traced), bf16 anywhere, fp32 where MKL's GEMM is slow, and at
+    least :data:`MIN_MACS` multiply-adds."""
+    if rows.dtype != torch.bfloat16 and not (rows.dtype == torch.float32 and FP32_TAKES_ONEDNN):
+        return False
+    if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MIN_MACS or rows.device.type != "cpu" or not _HAS_KERNEL:
+        return False
+    if rows.requires_grad and torch.is_grad_enabled():
+        return False
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+class PackedMatrix:
+    """An ``(in, out)`` matrix packed for oneDNN's linear, packed again when the matrix changes (another
+    tensor, dtype or in-place write). Copies and pickles start empty: a packed tensor has no storage to copy."""
+
+    def __init__(self) -> None:
+        self._key: Optional[Tuple[int, int, torch.dtype]] = None
+        self._packed: Optional[Tensor] = None
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def packed(self, matrix: Tensor, rows: int) -> Tensor:
+        """``matrix`` in oneDNN's layout, chosen for ``rows`` rows at the first call (any count works later)."""
+        key = (matrix.data_ptr(), matrix._version, matrix.dtype)
+        if key != self._key or self._packed is None:
+            with torch.no_grad():
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(matrix.t().contiguous(), rows)
+            self._key = key
+        return self._packed
+
+    def product(self, rows: Tensor, matrix: Tensor, bias: Tensor, act: Optional[Tuple[str, str]] = None) -> Tensor:
+        """``act(rows @ matrix + bias)`` in one oneDNN call (no activation when ``act`` is None)."""
+        name, algorithm = act if act is not None else ("none", "")
+        return torch.ops.mkldnn._linear_pointwise(rows, self.packed(matrix, rows.shape[0]), bias, name, [],
+                                                  algorithm)

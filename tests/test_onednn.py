@@ -1,0 +1,107 @@
+"""Eager inference's oneDNN linears: taken exactly where intended, equal to torch.addmm and the training form,
+packed again when the weights change, and never in the way of copies, gradients or TorchScript."""
+import copy
+
+import pytest
+import timm
+import torch
+from helpers import randomize_inference_state
+from torch import nn
+
+import patnet  # noqa: F401
+import patnet.layers.onednn as onednn
+from patnet.deploy import deploy
+from patnet.layers.fused import FusedMlp
+from patnet.layers.onednn import PackedMatrix, post_op, takes_onednn
+
+needs_kernel = pytest.mark.skipif(not onednn._HAS_KERNEL, reason="this torch build has no oneDNN linear")
+
+
+def _relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    return ((expected - actual).abs().max() / expected.abs().max()).item()
+
+
+@pytest.fixture
+def mkl_is_slow(monkeypatch):
+    monkeypatch.setattr(onednn, "FP32_TAKES_ONEDNN", True)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype, fp32_rule, rows, expected", [
+    (torch.float32, True, 2048, True),      # fp32 where MKL is slow, 2048 * 32 * 64 = 2**22 multiply-adds
+    (torch.float32, False, 2048, False),    # fp32 where MKL is fast (Intel)
+    (torch.bfloat16, False, 2048, True),    # bf16 everywhere
+    (torch.float32, True, 512, False),      # under MIN_MACS: oneDNN's per-call cost would dominate
+    (torch.float16, True, 2048, False),     # other dtypes keep torch.addmm
+])
+def test_takes_onednn_by_dtype_cpu_and_size(monkeypatch, dtype, fp32_rule, rows, expected):
+    monkeypatch.setattr(onednn, "FP32_TAKES_ONEDNN", fp32_rule)
+    assert takes_onednn(torch.zeros(rows, 32, dtype=dtype), torch.zeros(32, 64, dtype=dtype)) is expected
+
+
+@needs_kernel
+def test_takes_onednn_not_with_gradients(mkl_is_slow):
+    rows, matrix = torch.zeros(2048, 32, requires_grad=True), torch.zeros(32, 64)
+    assert not takes_onednn(rows, matrix)
+    with torch.no_grad():
+        assert takes_onednn(rows, matrix)
+
+
+@pytest.mark.parametrize("act", [nn.GELU(), nn.GELU(approximate="tanh"), nn.ReLU(inplace=True), nn.SiLU(), None])
+@needs_kernel
+def test_packed_product_equals_addmm_and_activation(act):
+    generator = torch.Generator().manual_seed(0)
+    rows, matrix, bias = (torch.randn(*shape, generator=generator) for shape in ((300, 48), (48, 96), (96,)))
+    expected = torch.addmm(bias, rows, matrix)
+    fused = None if act is None else post_op(act)
+    actual = PackedMatrix().product(rows, matrix, bias, fused)
+    if act is not None:
+        expected = act(expected)
+        actual = actual if fused is not None else act(actual)
+    assert _relative_error(expected, actual) <= 1e-6
+    assert (fused is None) == (act is None or isinstance(act, nn.SiLU))
+
+
+@needs_kernel
+def test_packed_matrix_follows_changed_weights():
+    packed, rows = PackedMatrix(), torch.randn(10, 8)
+    matrix, bias = torch.randn(8, 4), torch.zeros(4)
+    first = packed.product(rows, matrix, bias)
+    matrix.mul_(2)  # an in-place write (as load_state_dict does) bumps the version: packed again
+    torch.testing.assert_close(packed.product(rows, matrix, bias), 2 * first)
+    torch.testing.assert_close(packed.product(rows, torch.eye(8, 4), bias), rows[:, :4])
+
+
+@needs_kernel
+@pytest.mark.parametrize("name, size, blocks", [("patnet_t0", 224, 13), ("patnet_t1", 96, 13), ("patnet_t2", 80, 14)])
+def test_deploy_form_through_onednn_equals_training_form(mkl_is_slow, monkeypatch, name, size, blocks):
+    monkeypatch.setattr(onednn, "MIN_MACS", 0)  # every product, however small
+    model = randomize_inference_state(timm.create_model(name, num_classes=10), seed=6).eval()
+    deployed = deploy(model)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+    calls = []
+    original = PackedMatrix.product
+    monkeypatch.setattr(PackedMatrix, "product", lambda self, *args: calls.append(1) or original(self, *args))
+    with torch.no_grad():
+        expected, actual = model(x), deployed(x)
+    stage4 = 4 if name == "patnet_t2" else 2
+    assert len(calls) == 2 * blocks + 2 * stage4  # two per MLP, qkv and proj per stage-4 block
+    assert _relative_error(expected, actual) <= 1e-5
+
+
+@needs_kernel
+def test_deployed_model_copies_scripts_and_trains_after_packing(mkl_is_slow, monkeypatch):
+    monkeypatch.setattr(onednn, "MIN_MACS", 0)
+    deployed = deploy(timm.create_model("patnet_t0", num_classes=10).eval())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = deployed(x)
+    assert any(m._expand_packed._packed is not None for m in deployed.modules() if isinstance(m, FusedMlp))
+    twin = copy.deepcopy(deployed)  # packed tensors have no storage: copies start empty and pack again
+    scripted = torch.jit.script(deployed)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), expected)
+        torch.testing.assert_close(scripted(x), expected, rtol=1e-5, atol=1e-5)
+    x.requires_grad_(True)
+    deployed(x).sum().backward()  # with gradients the products stay in torch.addmm
+    assert x.grad is not None and torch.isfinite(x.grad).all()
