@@ -105,3 +105,16 @@ def test_deployed_model_copies_scripts_and_trains_after_packing(mkl_is_slow, mon
     x.requires_grad_(True)
     deployed(x).sum().backward()  # with gradients the products stay in torch.addmm
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@needs_kernel
+def test_weights_made_in_inference_mode_keep_addmm(mkl_is_slow, monkeypatch):
+    monkeypatch.setattr(onednn, "MIN_MACS", 0)
+    model = timm.create_model("patnet_t0", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():  # inference tensors have no version counter: a packed copy could go stale
+        deployed = deploy(model)
+        rows = torch.zeros(4, 8)
+        assert not takes_onednn(rows, torch.zeros(8, 16))
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-5, atol=1e-5)
+    assert all(m._expand_packed._packed is None for m in deployed.modules() if isinstance(m, FusedMlp))
