@@ -70,6 +70,8 @@ def test_packed_matrix_follows_changed_weights():
     matrix.mul_(2)  # an in-place write (as load_state_dict does) bumps the version: packed again
     torch.testing.assert_close(packed.product(rows, matrix, bias), 2 * first)
     torch.testing.assert_close(packed.product(rows, torch.eye(8, 4), bias), rows[:, :4])
+    matrix.data = torch.ones(8, 4)  # new storage behind the same tensor object
+    torch.testing.assert_close(packed.product(rows, matrix, bias), rows.sum(dim=1, keepdim=True).expand(10, 4))
 
 
 @needs_kernel

@@ -50,10 +50,13 @@ def takes_onednn(rows: Tensor, matrix: Tensor) -> bool:
 
 
 class PackedMatrix:
-    """An ``(in, out)`` matrix packed for oneDNN's linear, packed again when the matrix changes (another
-    tensor, dtype or in-place write). Copies and pickles start empty: a packed tensor has no storage to copy."""
+    """An ``(in, out)`` matrix packed for oneDNN's linear, packed again when the matrix changes: another tensor
+    object or storage, another dtype, or an in-place write (its version counter). The source tensor is held, so
+    its address cannot pass to another tensor while the packed copy lives. Copies and pickles start empty: a
+    packed tensor has no storage to copy."""
 
     def __init__(self) -> None:
+        self._source: Optional[Tensor] = None
         self._key: Optional[Tuple[int, int, torch.dtype]] = None
         self._packed: Optional[Tensor] = None
 
@@ -66,10 +69,10 @@ class PackedMatrix:
     def packed(self, matrix: Tensor, rows: int) -> Tensor:
         """``matrix`` in oneDNN's layout, chosen for ``rows`` rows at the first call (any count works later)."""
         key = (matrix.data_ptr(), matrix._version, matrix.dtype)
-        if key != self._key or self._packed is None:
+        if matrix is not self._source or key != self._key or self._packed is None:
             with torch.no_grad():
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(matrix.t().contiguous(), rows)
-            self._key = key
+            self._source, self._key = matrix, key
         return self._packed
 
     def product(self, rows: Tensor, matrix: Tensor, bias: Tensor, act: Optional[Tuple[str, str]] = None) -> Tensor:
