@@ -7,6 +7,7 @@ A / FasterNet, B / FasterNet and B / A (medians of per-round ratios) and the lar
 between A's and B's outputs. Toggling the rule between calls is sound in eager mode only (nothing caches it).
 
     .venv/bin/python scripts/ab_onednn.py --threads 1 2 --dtype fp32
+    .venv/bin/python scripts/ab_onednn.py --force-fp32    # on an Intel CPU: would fp32 gain there too?
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import timm
 import torch
 
 import patnet.layers.fused as fused
+import patnet.layers.onednn as onednn
 from patnet.bench.timing import time_alternating
 from patnet.deploy import deploy
 from patnet.models import baseline_partner
@@ -34,6 +36,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--iters", type=int, default=150)
+    parser.add_argument("--force-fp32", action="store_true",
+                        help="take oneDNN for fp32 also where MKL is fast (to measure the rule on an Intel CPU)")
     return parser.parse_args()
 
 
@@ -70,7 +74,10 @@ def measure(case: str, dtype: torch.dtype, iters: int) -> str:
 
 def main() -> None:
     args = parse_args()
-    print(f"CPU: {describe_cpu()}; {args.dtype}; torch {torch.__version__}\n")
+    if args.force_fp32:
+        onednn.FP32_TAKES_ONEDNN = True
+    rule = "fp32 forced onto oneDNN" if args.force_fp32 else "the shipped rule"
+    print(f"CPU: {describe_cpu()}; {args.dtype}; {rule}; torch {torch.__version__}\n")
     print("| model | px | threads | A ms (addmm) | B ms (oneDNN) | FasterNet ms | A / F | B / F | B / A | "
           "max rel. diff |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -120,3 +120,14 @@ def test_weights_made_in_inference_mode_keep_addmm(mkl_is_slow, monkeypatch):
         assert not takes_onednn(rows, torch.zeros(8, 16))
         torch.testing.assert_close(deployed(x), model(x), rtol=1e-5, atol=1e-5)
     assert all(m._expand_packed._packed is None for m in deployed.modules() if isinstance(m, FusedMlp))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_deploy_form_has_no_graph_break(mkl_is_slow, monkeypatch, dtype):
+    monkeypatch.setattr(onednn, "MIN_MACS", 0)  # the eager rule would take oneDNN for every product
+    deployed = deploy(timm.create_model("patnet_t0", num_classes=10).eval()).to(dtype)
+    x = torch.randn(1, 3, 64, 64, dtype=dtype)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(deployed)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -40,13 +40,13 @@ def takes_onednn(rows: Tensor, matrix: Tensor) -> bool:
     inference (no gradient, no graph being traced), bf16 anywhere, fp32 where MKL's GEMM is slow, and at
     least :data:`MIN_MACS` multiply-adds. Not for weights made under ``torch.inference_mode``: they keep no
     version counter, so a packed copy could not notice an in-place change."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # first: a tensor query here would break a graph
+        return False
     if rows.dtype != torch.bfloat16 and not (rows.dtype == torch.float32 and FP32_TAKES_ONEDNN):
         return False
     if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MIN_MACS or rows.device.type != "cpu" or not _HAS_KERNEL:
         return False
-    if (rows.requires_grad and torch.is_grad_enabled()) or matrix.is_inference():
-        return False
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    return not ((rows.requires_grad and torch.is_grad_enabled()) or matrix.is_inference())
 
 
 class PackedMatrix:
