@@ -72,6 +72,9 @@ def test_packed_matrix_follows_changed_weights():
     torch.testing.assert_close(packed.product(rows, torch.eye(8, 4), bias), rows[:, :4])
     matrix.data = torch.ones(8, 4)  # new storage behind the same tensor object
     torch.testing.assert_close(packed.product(rows, matrix, bias), rows.sum(dim=1, keepdim=True).expand(10, 4))
+    other_rows = torch.randn(37, 8)  # packed for 10 rows, right for any count (detection sees many sizes)
+    expected = other_rows.sum(dim=1, keepdim=True).expand(37, 4)
+    torch.testing.assert_close(packed.product(other_rows, matrix, bias), expected)
 
 
 @needs_kernel
