@@ -7,10 +7,9 @@ frozen bf16 weights) takes a weight packed once into its own layout and applies 
 A/B on an AMD EPYC (avx512f, avx512_bf16), eager, one process, against FasterNet
 (docs/bench/epyc/onednn-ab.md), fp32 one / two threads: patnet_t0 0.84 -> 0.67 / 1.02 -> 0.89,
 t1 0.77 -> 0.55 / 1.09 -> 0.85, t2 0.64 -> 0.40 / 0.99 -> 0.69, s 0.69 -> 0.40 / 1.05 -> 0.64; bf16 2-14% faster.
-Tiny products lose to
-oneDNN's per-call cost (with every product in oneDNN the 64 px model went 1.14 -> 1.25), so products under
-:data:`MIN_MACS` keep ``torch.addmm``, as do graphs (compile, exports, TorchScript), inputs that need
-gradients, and fp32 where MKL is fast (Intel).
+Tiny products lose to oneDNN's per-call cost (with every product in oneDNN the 64 px model went 1.14 -> 1.25),
+so products under :data:`MIN_MACS` keep ``torch.addmm``, as do graphs (compile, exports, TorchScript), inputs
+that need gradients, weights made under ``torch.inference_mode``, and fp32 where MKL is fast (Intel).
 """
 from __future__ import annotations
 
