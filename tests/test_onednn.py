@@ -134,3 +134,17 @@ def test_compiled_deploy_form_has_no_graph_break(mkl_is_slow, monkeypatch, dtype
     with torch.no_grad():
         explanation = torch._dynamo.explain(deployed)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@needs_kernel
+def test_autocast_and_mixed_dtypes_keep_addmm(mkl_is_slow, monkeypatch):
+    monkeypatch.setattr(onednn, "MIN_MACS", 0)
+    assert not takes_onednn(torch.zeros(4, 8, dtype=torch.bfloat16), torch.zeros(8, 16))
+    deployed = deploy(timm.create_model("patnet_t0", num_classes=10).eval())  # fp32 weights
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = deployed(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations meet fp32 weights: addmm casts them
+            actual = deployed(x)
+    assert actual.dtype == torch.bfloat16
+    assert _relative_error(expected, actual.float()) <= 5e-2

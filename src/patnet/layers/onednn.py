@@ -38,9 +38,12 @@ def post_op(act: nn.Module) -> Optional[Tuple[str, str]]:
 def takes_onednn(rows: Tensor, matrix: Tensor) -> bool:
     """Whether the eager product of ``rows`` with an ``(in, out)`` ``matrix`` should run in oneDNN: CPU
     inference (no gradient, no graph being traced), bf16 anywhere, fp32 where MKL's GEMM is slow, and at
-    least :data:`MIN_MACS` multiply-adds. Not for weights made under ``torch.inference_mode``: they keep no
-    version counter, so a packed copy could not notice an in-place change."""
+    least :data:`MIN_MACS` multiply-adds, ``rows`` and ``matrix`` of one dtype, autocast off (its casts belong to
+    ``torch.addmm``). Not for weights made under ``torch.inference_mode``: they keep no version counter, so a
+    packed copy could not notice an in-place change."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():  # first: a tensor query here would break a graph
+        return False
+    if rows.dtype != matrix.dtype or torch.is_autocast_enabled("cpu"):  # autocast: addmm's casts decide
         return False
     if rows.dtype != torch.bfloat16 and not (rows.dtype == torch.float32 and FP32_TAKES_ONEDNN):
         return False
