@@ -1,10 +1,10 @@
 """A/B of eager inference's oneDNN linears (patnet.layers.onednn) against torch.addmm, beside FasterNet.
 
-One process per thread count; in each round the deployed PATNet runs once with the oneDNN linears (B) and
-once with them off (A, torch.addmm as before), and the deployed FasterNet partner once, in rotating order
-(batch 1, 150 timed calls each after 10 warm-up calls, medians of 5-call rounds). Prints a markdown table:
-A / FasterNet, B / FasterNet and B / A (medians of per-round ratios) and the largest relative difference
-between A's and B's outputs. Toggling the rule between calls is sound in eager mode only (nothing caches it).
+For each thread count and model, in one process: every round runs the deployed PATNet once with the oneDNN
+linears (B), once with them off (A, torch.addmm as before) and the deployed FasterNet partner once, in rotating
+order (batch 1, 150 timed calls each after 10 warm-up calls, 5-call rounds). Prints a markdown table: median ms,
+A / FasterNet, B / FasterNet and B / A (medians of per-round ratios, the harness's ``summarise``) and the largest
+relative difference between A's and B's outputs. Toggling the rule between calls is sound in eager mode only.
 
     .venv/bin/python scripts/ab_onednn.py --threads 1 2 --dtype fp32
     .venv/bin/python scripts/ab_onednn.py --force-fp32    # on an Intel CPU: would fp32 gain there too?
@@ -14,16 +14,16 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-import numpy as np
 import timm
 import torch
 
 import patnet.layers.fused as fused
 import patnet.layers.onednn as onednn
-from patnet.bench.timing import time_alternating
+from patnet.bench.timing import summarise, time_alternating
 from patnet.deploy import deploy
 from patnet.models import baseline_partner
 from patnet.runtimes.hardware import describe_cpu
+from patnet.runtimes.runner import relative_difference
 
 CASES = {"t0": ("patnet_t0", 224, 3, 1000), "t1": ("patnet_t1", 224, 3, 1000), "t2": ("patnet_t2", 224, 3, 1000),
          "s": ("patnet_s", 224, 3, 1000), "t0@64": ("patnet_t0", 64, 1, 10)}
@@ -41,11 +41,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def with_rule(model: torch.nn.Module, x: torch.Tensor, onednn: bool) -> Callable[[], torch.Tensor]:
+def with_rule(model: torch.nn.Module, x: torch.Tensor, use_onednn: bool) -> Callable[[], torch.Tensor]:
     rule = fused.takes_onednn
 
     def call() -> torch.Tensor:
-        fused.takes_onednn = rule if onednn else (lambda rows, matrix: False)
+        fused.takes_onednn = rule if use_onednn else (lambda rows, matrix: False)
         try:
             return model(x)
         finally:
@@ -60,16 +60,13 @@ def measure(case: str, dtype: torch.dtype, iters: int) -> str:
     x = torch.randn(1, chans, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
     runs = {"A": with_rule(models[0], x, False), "B": with_rule(models[0], x, True), "F": lambda: models[1](x)}
     with torch.inference_mode():
-        before, after = runs["A"](), runs["B"]()
-        difference = ((before - after).abs().max() / before.abs().max()).item()
+        difference = relative_difference(runs["A"](), runs["B"]())
         times = time_alternating(runs, iters=iters, warmup=10, per_round=5)
-    rounds = {key: np.median(t, axis=1) for key, t in times.items()}
-    ms = {key: 1e3 * float(np.median(r)) for key, r in rounds.items()}
-
-    def ratio(a: str, b: str) -> str:
-        return f"{np.median(rounds[a] / rounds[b]):.3f}"
-    return (f"| {name} | {size} | {torch.get_num_threads()} | {ms['A']:.2f} | {ms['B']:.2f} | {ms['F']:.2f} | "
-            f"{ratio('A', 'F')} | {ratio('B', 'F')} | {ratio('B', 'A')} | {difference:.1e} |")
+    stats, against_fasternet = summarise(times, {"A": "F", "B": "F"})
+    _, against_addmm = summarise(times, {"B": "A"})
+    ms = " | ".join(f"{stats[key].median_ms:.2f}" for key in ("A", "B", "F"))
+    ratios = " | ".join(f"{r.median:.3f}" for r in (*against_fasternet.values(), against_addmm["B"]))
+    return f"| {name} | {size} | {torch.get_num_threads()} | {ms} | {ratios} | {difference:.1e} |"
 
 
 def main() -> None:

@@ -13,12 +13,9 @@ import patnet.layers.onednn as onednn
 from patnet.deploy import deploy
 from patnet.layers.fused import FusedMlp
 from patnet.layers.onednn import PackedMatrix, post_op, takes_onednn
+from patnet.runtimes.runner import relative_difference
 
 needs_kernel = pytest.mark.skipif(not onednn._HAS_KERNEL, reason="this torch build has no oneDNN linear")
-
-
-def _relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
-    return ((expected - actual).abs().max() / expected.abs().max()).item()
 
 
 @pytest.fixture
@@ -58,7 +55,7 @@ def test_packed_product_equals_addmm_and_activation(act):
     if act is not None:
         expected = act(expected)
         actual = actual if fused is not None else act(actual)
-    assert _relative_error(expected, actual) <= 1e-6
+    assert relative_difference(expected, actual) <= 1e-6
     assert (fused is None) == (act is None or isinstance(act, nn.SiLU))
 
 
@@ -91,7 +88,7 @@ def test_deploy_form_through_onednn_equals_training_form(mkl_is_slow, monkeypatc
         expected, actual = model(x), deployed(x)
     stage4 = 4 if name == "patnet_t2" else 2
     assert len(calls) == 2 * blocks + 2 * stage4  # two per MLP, qkv and proj per stage-4 block
-    assert _relative_error(expected, actual) <= 1e-5
+    assert relative_difference(expected, actual) <= 1e-5
 
 
 @needs_kernel
@@ -147,4 +144,4 @@ def test_autocast_and_mixed_dtypes_keep_addmm(mkl_is_slow, monkeypatch):
         with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations meet fp32 weights: addmm casts them
             actual = deployed(x)
     assert actual.dtype == torch.bfloat16
-    assert _relative_error(expected, actual.float()) <= 5e-2
+    assert relative_difference(expected, actual) <= 5e-2

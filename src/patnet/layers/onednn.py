@@ -72,7 +72,7 @@ class PackedMatrix:
     def packed(self, matrix: Tensor, rows: int) -> Tensor:
         """``matrix`` in oneDNN's layout, chosen for ``rows`` rows at the first call (any count works later)."""
         key = (matrix.data_ptr(), matrix._version, matrix.dtype)
-        if matrix is not self._source or key != self._key or self._packed is None:
+        if matrix is not self._source or key != self._key:
             with torch.no_grad():
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(matrix.t().contiguous(), rows)
             self._source, self._key = matrix, key

@@ -41,10 +41,11 @@ def cpu_model() -> str:
 
 
 def mkl_gemm_is_slow() -> bool:
-    """True on AMD CPUs, where MKL's fp32 GEMM runs well below oneDNN's kernels. ``torch.compile`` with frozen
-    weights turns an fp32 matrix product into MKL's packed GEMM (``mkl::_mkl_linear``) and a conv into oneDNN's:
-    on an AMD EPYC (avx512f, avx512_bf16), one thread, MKL's 2048x2048 fp32 matmul reached 89 GFLOP/s while
-    timm's compiled FasterNet-T2 (oneDNN convs) ran at 142."""
+    """True on AMD CPUs, where MKL's fp32 GEMM runs well below oneDNN's kernels: on an AMD EPYC (avx512f,
+    avx512_bf16), one thread, MKL's 2048x2048 fp32 matmul reached 89 GFLOP/s while timm's compiled FasterNet-T2
+    (oneDNN convs) ran at 142. There the deploy form's large fp32 products leave MKL: eager's ``torch.addmm`` for
+    prepacked oneDNN linears (:mod:`patnet.layers.onednn`), and under ``torch.compile`` (which turns a frozen fp32
+    matrix product into MKL's packed GEMM, ``mkl::_mkl_linear``) the 1x1 conv form."""
     return _cpuinfo_field("vendor_id") in ("AuthenticAMD", "HygonGenuine")
 
 
