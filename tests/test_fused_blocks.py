@@ -12,7 +12,7 @@ import patnet  # noqa: F401
 import patnet.layers.fused as fused_layers
 from patnet.deploy import deploy
 from patnet.layers.fused import FusedMlp, FusedPartialSelfAttn
-from patnet.layers.stats import spatial_mean_std, stacked_mean_std
+from patnet.layers.stats import compiled_mean_std, spatial_mean_std, stacked_mean_std
 from patnet.models.patnet import PatBlock
 
 MAPS = {  # mixer -> map sizes: the stage's map at a 224 input, at a 64 input, non-square
@@ -44,6 +44,19 @@ def test_fused_block_equals_training_form(mixer, spatial_attn, size):
         expected = block(x)
         assert _relative_error(expected, fused(x)) <= 1e-5
         assert _relative_error(expected, fused(x.contiguous(memory_format=torch.channels_last))) <= 1e-5
+
+
+@pytest.mark.parametrize("size", MAPS["pat_ch"])
+@pytest.mark.parametrize("graph", ["export", "compile"])
+def test_channel_attention_graph_forms_equal_training_form(monkeypatch, size, graph):
+    """The exported graph gates the whole map before the split, compiled graphs take one-pass statistics:
+    each block equals the training form (run eagerly here, as the tracer would see it; the fused mixer alone
+    lacks the post-gate BN, which the MLP holds)."""
+    block, fused = _block_pair("pat_ch", False, seed=2)
+    x = torch.randn(1, 48, *size, generator=torch.Generator().manual_seed(3)) * 2 + 0.5
+    monkeypatch.setattr(fused_layers, "_exporting" if graph == "export" else "_compiling", lambda: True)
+    with torch.no_grad():
+        assert _relative_error(block(x), fused(x)) <= 1e-5
 
 
 @pytest.mark.parametrize("size", MAPS["pat_sf"])
@@ -110,6 +123,7 @@ def test_stacked_statistics_equal_spatial_statistics(size, batch, channels_last)
         stacked = stacked_mean_std(x, traceable=traceable)
         assert stacked.shape == (batch, 60)
         torch.testing.assert_close(stacked, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled_mean_std(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_stacked_statistics_keep_dtype_and_gradients():
@@ -129,14 +143,22 @@ def test_deploy_form_equals_training_form_at_224(name):
 
 
 @pytest.mark.parametrize("spatial_attn", [False, True])
-def test_mlp_rows_columns_and_convs_agree(spatial_attn):
+@pytest.mark.parametrize("residual_layout", [None, "channels_last", "nchw"])
+def test_mlp_rows_columns_and_convs_agree(spatial_attn, residual_layout):
     _, fused = _block_pair("pat_ch", spatial_attn, seed=4)
     mlp = fused.mlp
     x = torch.randn(2, 48, 11, 7).contiguous(memory_format=torch.channels_last)
+    residual = None if residual_layout is None else 3 * torch.randn(2, 48, 11, 7)
+    if residual_layout == "channels_last":
+        residual = residual.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        convs = mlp._as_convs(x)
-        assert _relative_error(convs, mlp._on_rows(x)) <= 1e-5
-        assert _relative_error(convs, mlp._on_columns(x.contiguous())) <= 1e-5
+        expected = mlp.spatial_gate(mlp._as_convs(x, None))
+        expected = expected if residual is None else residual + expected
+        assert _relative_error(expected, mlp(x, residual)) <= 1e-5
+        if not mlp.spatially_gated:
+            assert _relative_error(expected, mlp._on_rows(x, residual)) <= 1e-5
+            assert _relative_error(expected, mlp._on_columns(x.contiguous(), residual)) <= 1e-5
+            assert _relative_error(expected, mlp._as_convs(x, residual)) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype, min_macs, convs", [(torch.float32, 0, True), (torch.float32, 10**9, False),

@@ -82,11 +82,17 @@ def test_deploy_form_through_onednn_equals_training_form(mkl_is_slow, monkeypatc
     deployed = deploy(model)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
     calls = []
-    original = PackedMatrix.product
-    monkeypatch.setattr(PackedMatrix, "product", lambda self, *args: calls.append(1) or original(self, *args))
+    for method in ("product", "product_plus"):
+        original = getattr(PackedMatrix, method)
+        monkeypatch.setattr(PackedMatrix, method,
+                            lambda self, *args, method=method, original=original: calls.append(method) or original(
+                                self, *args))
     with torch.no_grad():
         expected, actual = model(x), deployed(x)
     stage4 = 4 if name == "patnet_t2" else 2
+    ungated = sum(isinstance(m, FusedMlp) and not m.spatially_gated for m in deployed.modules())
+    assert ungated == (0 if name == "patnet_t1" else blocks)  # patnet_t1 has PAT_sp after every MLP
+    assert calls.count("product_plus") == ungated  # the second product adds the block's residual
     assert len(calls) == 2 * blocks + 2 * stage4  # two per MLP, qkv and proj per stage-4 block
     assert relative_difference(expected, actual) <= 1e-5
 

@@ -8,7 +8,7 @@ into ``qkv``. PAT_sp's post-gate BN, the LayerNorm's normalisation and the softm
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .onednn import FP32_TAKES_ONEDNN, MIN_MACS, PackedMatrix, post_op, takes_onednn
 from .rel_pos import remember
-from .stats import stacked_mean_std
+from .stats import compiled_mean_std, stacked_mean_std
 
 
 def _compiling() -> bool:
@@ -86,7 +86,7 @@ class FusedChannelGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if _compiling():
-            stats = stacked_mean_std(x, traceable=True)
+            stats = compiled_mean_std(x)
             return F.hardsigmoid(self._products_summed(stats)).to(x.dtype)[:, :, None, None]
         stats = stacked_mean_std(x, traceable=_exporting())
         return F.hardsigmoid(torch.addmm(self.bias, stats, self.weight.t()))[:, :, None, None]
@@ -98,11 +98,13 @@ class FusedChannelGate(nn.Module):
 
 
 class FusedPartialChannelAttn(nn.Module):
-    """PAT_ch without its post-gate BN (folded into the next 1x1 conv), as PConv of the gated map:
-    ``[conv3x3(Xp), Xu * g] == PConv(X * [1, g])``.
+    """PAT_ch without its post-gate BN (folded into the next 1x1 conv): ``[conv3x3(Xp), Xu * g]``.
 
-    Scaling the whole map before the split keeps every consumer of the split on the same layout
-    (in OpenVINO a split feeding both a conv and a reduction cost as much as all the 1x1 convs).
+    The exported graph scales the whole map before the split, as PConv of the gated map
+    ``PConv(X * [1, g])``: every consumer of the split stays on one layout (in OpenVINO a split feeding both
+    a conv and a reduction cost as much as all the 1x1 convs). PyTorch scales only ``Xu``, as it is copied
+    into the output (no pass that writes the gated map); A/B on an AMD EPYC, one thread, against before:
+    compiled bf16 patnet_t0 0.94 of before with one-pass statistics (:func:`compiled_mean_std`).
     """
 
     def __init__(self, conv: nn.Conv2d, gate: FusedChannelGate, untouched_dim: int):
@@ -112,8 +114,13 @@ class FusedPartialChannelAttn(nn.Module):
         self.gate = gate
 
     def forward(self, x: Tensor) -> Tensor:
-        convolved, untouched = torch.split(x * self.gate(x), [self.conv_dim, self.untouched_dim], dim=1)
-        return torch.cat((self.conv(convolved), untouched), dim=1)
+        sizes = [self.conv_dim, self.untouched_dim]
+        if _exporting():
+            convolved, untouched = torch.split(x * self.gate(x), sizes, dim=1)
+            return torch.cat((self.conv(convolved), untouched), dim=1)
+        gate = self.gate(x)
+        convolved, untouched = torch.split(x, sizes, dim=1)
+        return torch.cat((self.conv(convolved), untouched * gate[:, self.conv_dim:]), dim=1)
 
 
 class FusedPartialSelfAttn(nn.Module):
@@ -232,13 +239,15 @@ class FusedSpatialGate(nn.Module):
 
 
 class FusedMlp(nn.Module):
-    """The MLP's deployment form: ``project(act(expand(x)))``, then PAT_sp's gate when present.
+    """The MLP's deployment form: ``project(act(expand(x)))``, then PAT_sp's gate when present, then the
+    block's ``residual`` when given.
 
     ``expand`` holds the folded BN (and PAT_ch's post-gate BN on its input channels); ``project``
     holds PAT_sp's conv half. Both are kept as ``(in, out)`` matrices (:func:`_as_matrix`).
     """
 
     __jit_ignored_attributes__ = ["_expand_packed", "_project_packed"]
+    __constants__ = ["spatially_gated"]
 
     def __init__(self, expand: nn.Conv2d, act: nn.Module, project: nn.Conv2d, spatial_gate: nn.Module | None = None):
         super().__init__()
@@ -246,49 +255,65 @@ class FusedMlp(nn.Module):
         self.act = act
         self.project_weight, self.project_bias = _as_matrix(project)
         self.spatial_gate = spatial_gate if spatial_gate is not None else nn.Identity()
+        self.spatially_gated = spatial_gate is not None
         self._expand_packed, self._project_packed = PackedMatrix(), PackedMatrix()
 
-    def forward(self, x: Tensor) -> Tensor:
-        if _exporting() or _convs_when_compiled(x, self.expand_weight):
-            mixed = self._as_convs(x)
-        elif x.is_contiguous(memory_format=torch.channels_last):
-            mixed = self._on_rows(x)
-        else:
-            mixed = self._on_columns(x)
-        return self.spatial_gate(mixed)
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """``[residual +] gate(project(act(expand(x))))``. Without PAT_sp's gate the residual joins the last
+        product (``torch.compile`` and oneDNN then add it as they write the product: one pass over the map
+        fewer); A/B on an AMD EPYC, one thread, against adding it after: compiled bf16 patnet_t0 0.97."""
+        if self.spatially_gated:
+            mixed = self.spatial_gate(self._products(x, None))
+            return mixed if residual is None else residual + mixed
+        return self._products(x, residual)
 
-    def _on_rows(self, x: Tensor) -> Tensor:
+    def _products(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
+        if _exporting() or _convs_when_compiled(x, self.expand_weight):
+            return self._as_convs(x, residual)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return self._on_rows(x, residual)
+        return self._on_columns(x, residual)
+
+    def _on_rows(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
         """Both 1x1 convs as matrix products on the ``(B*H*W, C)`` rows a channels-last map already is (a free
         view in and out). Against the previous deploy form (oneDNN's 1x1 convs on one thread, ``F.linear`` on
         two), A/B on a Xeon, fp32: patnet_t2 at 224 from 0.79 to 0.77 of FasterNet-T2 on one thread and 0.80 to
         0.76 on two; the 64 px model's tiny maps from 1.19 to 1.22."""
         batch, channels, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+        residual_rows = None if residual is None else residual.permute(0, 2, 3, 1).reshape(rows.shape)
         if not torch.jit.is_scripting():
             if takes_onednn(rows, self.expand_weight):
-                return self._in_onednn(rows).view(batch, height, width, channels).permute(0, 3, 1, 2)
+                out = self._in_onednn(rows, residual_rows)
+                return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
         hidden = self.act(torch.addmm(self.expand_bias, rows, self.expand_weight))
         out = torch.addmm(self.project_bias, hidden, self.project_weight)
+        if residual_rows is not None:
+            out = out.add_(residual_rows)
         return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
     @torch.jit.unused
-    def _in_onednn(self, rows: Tensor) -> Tensor:
+    def _in_onednn(self, rows: Tensor, residual_rows: Optional[Tensor]) -> Tensor:
         """:meth:`_on_rows`'s products as prepacked oneDNN linears, the activation fused where oneDNN has it
-        (:mod:`patnet.layers.onednn`)."""
+        and the residual added as the last product is written (:mod:`patnet.layers.onednn`)."""
         fused = post_op(self.act)
         hidden = self._expand_packed.product(rows, self.expand_weight, self.expand_bias, fused)
         if fused is None:
             hidden = self.act(hidden)
-        return self._project_packed.product(hidden, self.project_weight, self.project_bias)
+        if residual_rows is None:
+            return self._project_packed.product(hidden, self.project_weight, self.project_bias)
+        return self._project_packed.product_plus(hidden, self.project_weight, self.project_bias,
+                                                 residual_rows.contiguous())
 
-    def _on_columns(self, x: Tensor) -> Tensor:
+    def _on_columns(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
         """The same products on an NCHW map's ``(B, C, H*W)`` columns (transposed weight operands are free)."""
         batch, channels, height, width = x.shape
         hidden = self.act(torch.matmul(self.expand_weight.t(), x.flatten(2)) + self.expand_bias[:, None])
-        out = torch.matmul(self.project_weight.t(), hidden) + self.project_bias[:, None]
-        return out.view(batch, channels, height, width)
+        out = (torch.matmul(self.project_weight.t(), hidden) + self.project_bias[:, None]).view(x.shape)
+        return out if residual is None else residual + out
 
-    def _as_convs(self, x: Tensor) -> Tensor:
+    def _as_convs(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
         """The exported graph's form: 1x1 convs (also compiled fp32 where MKL is slow: :func:`_convs_when_compiled`)."""
         hidden = self.act(F.conv2d(x, _as_conv_weight(self.expand_weight), self.expand_bias))
-        return F.conv2d(hidden, _as_conv_weight(self.project_weight), self.project_bias)
+        out = F.conv2d(hidden, _as_conv_weight(self.project_weight), self.project_bias)
+        return out if residual is None else residual + out  # Add(x, mlp) as the block had it

@@ -83,3 +83,9 @@ class PackedMatrix:
         name, algorithm = act if act is not None else ("none", "")
         return torch.ops.mkldnn._linear_pointwise(rows, self.packed(matrix, rows.shape[0]), bias, name, [],
                                                   algorithm)
+
+    def product_plus(self, rows: Tensor, matrix: Tensor, bias: Tensor, other: Tensor) -> Tensor:
+        """``rows @ matrix + bias + other`` in one oneDNN call (``other`` shaped like the result: a residual
+        added as the product is written)."""
+        return torch.ops.mkldnn._linear_pointwise.binary(rows, other, self.packed(matrix, rows.shape[0]), bias,
+                                                         "add")

@@ -46,6 +46,15 @@ def stacked_mean_std(x: Tensor, traceable: bool = False) -> Tensor:
     return torch.cat((mean, _unbiased_std(variance, height * width))).view(1, 2 * channels)
 
 
+def compiled_mean_std(x: Tensor) -> Tensor:
+    """:func:`stacked_mean_std` for ``torch.compile``: ``torch.var_mean`` in fp32, which inductor lowers to one
+    Welford pass over the map (the two-pass form reads it twice). Exact to fp32 rounding; in eager PyTorch
+    ``var_mean`` is slower than the two-pass form, so only compiled graphs take it."""
+    correction = 1 if x.shape[2] * x.shape[3] > 1 else 0  # a single value: std 0, as spatial_mean_std
+    variance, mean = torch.var_mean(x.float(), dim=(2, 3), correction=correction)
+    return torch.cat((mean, variance.sqrt()), dim=1)
+
+
 def bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
     """``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel in eval mode."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)

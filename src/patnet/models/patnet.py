@@ -167,7 +167,10 @@ class PatBlock(nn.Module):
 
     ``pconv``/``pat_ch``: ``x + DropPath(MLP(mixer(x)))`` (FasterNet's single residual).
     ``pat_sf``: ``x1 = x + mixer(x)``, then ``x1 + DropPath(MLP(x1))``.
+    In the deployment form the MLP adds the residual itself (:class:`~patnet.layers.fused.FusedMlp`).
     """
+
+    __constants__ = ["residual_in_mlp"]  # TorchScript compiles only the branch the form takes
 
     def __init__(self, dim: int, mixer: str = "pat_ch", n_div: int = 4, mlp_ratio: float = 2.0,
                  act_layer: Type[nn.Module] = nn.ReLU, drop_path: float = 0.0, spatial_attn: bool = False,
@@ -185,12 +188,16 @@ class PatBlock(nn.Module):
         self.mixer_residual = mixer == "pat_sf"
         self.mlp = ConvMlp(dim, mlp_ratio, act_layer, spatial_attn, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.residual_in_mlp = False
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mixer_residual:
-            x = x + self.spatial_mixing(x)
-            return x + self.drop_path(self.mlp(x))
-        return x + self.drop_path(self.mlp(self.spatial_mixing(x)))
+            x = mixed = x + self.spatial_mixing(x)
+        else:
+            mixed = self.spatial_mixing(x)
+        if self.residual_in_mlp:
+            return self.mlp(mixed, x)
+        return x + self.drop_path(self.mlp(mixed))
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -201,6 +208,7 @@ class PatBlock(nn.Module):
         if isinstance(mixer, PartialSelfAttn):
             mixer = mixer.fuse()
         self.spatial_mixing, self.mlp, self.drop_path = mixer, mlp, nn.Identity()
+        self.residual_in_mlp = True
 
 
 class PatchEmbed(nn.Module):
