@@ -15,7 +15,7 @@ from patnet.layers.fused import FusedMlp
 from patnet.layers.onednn import PackedMatrix, post_op, takes_onednn
 from patnet.runtimes.runner import relative_difference
 
-needs_kernel = pytest.mark.skipif(not onednn._HAS_KERNEL, reason="this torch build has no oneDNN linear")
+needs_kernel = pytest.mark.skipif(not onednn.HAS_KERNEL, reason="this torch build has no oneDNN linear")
 
 
 @pytest.fixture

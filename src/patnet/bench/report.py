@@ -112,7 +112,8 @@ def _input_text(results: dict) -> str:
 def _ceiling_lines(h: dict) -> list[str]:
     size = h["config"]["matmul_size"]
     fp32 = _ceiling_text(h["matmul_gflops"]) or "not measured"
-    lines = [f"fp32 {size}x{size} matmul ceiling, measured in this run: {fp32}",
+    lines = [f"fp32 {size}x{size} matmul ceiling (the faster of torch.mm and oneDNN's prepacked linear), measured "
+             f"in this run: {fp32}",
              f"bf16 {size}x{size} matmul ceiling: " + (_ceiling_text(h["matmul_gflops_bf16"]) or
                                                        "not measured (no native bf16 on this CPU)")]
     if h["gpu_matmul_gflops"]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import InvalidValueError
+from ..layers.onednn import HAS_KERNEL, PackedMatrix
 from ..runtimes import check_threads, num_threads
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -354,7 +355,10 @@ def matmul_gflops(threads: int | None = 1, size: int = 2048, iters: int = 5, dev
                   dtype: torch.dtype = torch.float32) -> float:
     """GFLOP/s of a ``size`` x ``size`` matrix product in ``dtype``: the machine's practical ceiling.
 
-    Median over ``iters`` timed products after one warm-up, with ``threads`` intra-op threads.
+    Median over ``iters`` timed products after one warm-up, with ``threads`` intra-op threads. On a CPU, the
+    faster of ``torch.mm`` (MKL in fp32) and oneDNN's linear with a prepacked weight, timed in alternation:
+    MKL's fp32 GEMM is slow on AMD CPUs (:func:`~patnet.runtimes.hardware.mkl_gemm_is_slow`), where
+    ``torch.mm`` alone gave a ceiling that OpenVINO's whole models exceeded twice over.
     """
     device = resolve_device(device)
     _positive("size", size)
@@ -365,6 +369,10 @@ def matmul_gflops(threads: int | None = 1, size: int = 2048, iters: int = 5, dev
     a = torch.randn(size, size, generator=gen).to(device, dtype)
     b = torch.randn(size, size, generator=gen).to(device, dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
+    products = {"mm": lambda: torch.mm(a, b)}
+    if device.type == "cpu" and HAS_KERNEL:
+        packed, bias = PackedMatrix(), torch.zeros(size, dtype=dtype)
+        products["onednn"] = lambda: packed.product(a, b, bias)
     with num_threads(threads):
-        times = time_alternating({"matmul": lambda: torch.mm(a, b)}, iters=iters, warmup=1, synchronize=sync)
-    return 2 * size**3 / float(np.median(times["matmul"])) / 1e9
+        times = time_alternating(products, iters=iters, warmup=1, synchronize=sync)
+    return 2 * size**3 / min(float(np.median(t)) for t in times.values()) / 1e9

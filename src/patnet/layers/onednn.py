@@ -22,7 +22,7 @@ from ..runtimes.hardware import mkl_gemm_is_slow
 
 MIN_MACS = 2 ** 21
 FP32_TAKES_ONEDNN = mkl_gemm_is_slow()  # read once, at import
-_HAS_KERNEL = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+HAS_KERNEL = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
                and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
@@ -47,7 +47,7 @@ def takes_onednn(rows: Tensor, matrix: Tensor) -> bool:
         return False
     if rows.dtype != torch.bfloat16 and not (rows.dtype == torch.float32 and FP32_TAKES_ONEDNN):
         return False
-    if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MIN_MACS or rows.device.type != "cpu" or not _HAS_KERNEL:
+    if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MIN_MACS or rows.device.type != "cpu" or not HAS_KERNEL:
         return False
     return not ((rows.requires_grad and torch.is_grad_enabled()) or matrix.is_inference())
 
