@@ -1,17 +1,22 @@
-"""A/B of eager inference's oneDNN linears (patnet.layers.onednn) against torch.addmm, beside FasterNet.
+"""A/B of the deploy form's matrix products in oneDNN against MKL, beside FasterNet.
 
-For each thread count and model, in one process: every round runs the deployed PATNet once with the oneDNN
-linears (B), once with them off (A, torch.addmm as before) and the deployed FasterNet partner once, in rotating
-order (batch 1, 150 timed calls each after 10 warm-up calls, 5-call rounds). Prints a markdown table: median ms,
-A / FasterNet, B / FasterNet and B / A (medians of per-round ratios, the harness's ``summarise``) and the largest
-relative difference between A's and B's outputs. Toggling the rule between calls is sound in eager mode only.
+Eager (``--runtime eager``): the prepacked oneDNN linears (patnet.layers.onednn, B) against torch.addmm (A).
+Compiled (``--runtime compile``): fp32 products as 1x1 convs, which inductor hands to oneDNN (B), against
+matrix products, which it hands to MKL (A); each variant is its own compiled graph, called with the rule it was
+traced under (dynamo guards on it). For each thread count and model, in one process: every round runs PATNet A,
+PATNet B and the deployed FasterNet partner once each, in rotating order (batch 1, 150 timed calls each after 10
+warm-up calls, 5-call rounds). Prints a markdown table: median ms, A / FasterNet, B / FasterNet and B / A
+(medians of per-round ratios, the harness's ``summarise``) and the largest relative difference between A's and
+B's outputs.
 
     .venv/bin/python scripts/ab_onednn.py --threads 1 2 --dtype fp32
     .venv/bin/python scripts/ab_onednn.py --force-fp32    # on an Intel CPU: would fp32 gain there too?
+    .venv/bin/python scripts/ab_onednn.py --force-fp32 --runtime compile --cases t0 t2
 """
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Callable
 
 import timm
@@ -23,7 +28,7 @@ from patnet.bench.timing import summarise, time_alternating
 from patnet.deploy import deploy
 from patnet.models import baseline_partner
 from patnet.runtimes.hardware import describe_cpu
-from patnet.runtimes.runner import relative_difference
+from patnet.runtimes.runner import make_runner, relative_difference
 
 CASES = {"t0": ("patnet_t0", 224, 3, 1000), "t1": ("patnet_t1", 224, 3, 1000), "t2": ("patnet_t2", 224, 3, 1000),
          "s": ("patnet_s", 224, 3, 1000), "t0@64": ("patnet_t0", 64, 1, 10)}
@@ -36,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--iters", type=int, default=150)
+    parser.add_argument("--runtime", choices=["eager", "compile"], default="eager")
     parser.add_argument("--force-fp32", action="store_true",
                         help="take oneDNN for fp32 also where MKL is fast (to measure the rule on an Intel CPU)")
     return parser.parse_args()
@@ -53,12 +59,38 @@ def with_rule(model: torch.nn.Module, x: torch.Tensor, use_onednn: bool) -> Call
     return call
 
 
-def measure(case: str, dtype: torch.dtype, iters: int) -> str:
+def compiled_with_rule(model: torch.nn.Module, x: torch.Tensor, dtype: str,
+                       convs: bool) -> Callable[[], torch.Tensor]:
+    """``model`` compiled (patnet.runtimes.make_runner) with fp32 products as oneDNN convs or MKL products,
+    and called with that rule in force."""
+    def under_rule(work: Callable):
+        kept, fused.FP32_TAKES_ONEDNN = fused.FP32_TAKES_ONEDNN, convs
+        try:
+            return work()
+        finally:
+            fused.FP32_TAKES_ONEDNN = kept
+
+    runner = under_rule(lambda: make_runner(model, "compile", dtype, x, threads=None))
+    return lambda: under_rule(lambda: runner(x))
+
+
+def variants(name: str, chans: int, classes: int, x: torch.Tensor, dtype: str,
+             runtime: str) -> dict[str, Callable[[], torch.Tensor]]:
+    """PATNet's A and B (see the module docstring) and FasterNet, each a callable on ``x``."""
+    fresh = [timm.create_model(n, num_classes=classes, in_chans=chans).eval() for n in (name, baseline_partner(name))]
+    if runtime == "compile":
+        runs = {key: compiled_with_rule(fresh[0], x, dtype, convs) for key, convs in (("A", False), ("B", True))}
+        runs["F"] = partial(make_runner(fresh[1], "compile", dtype, x, threads=None), x)
+        return runs
+    models = [deploy(model).to(DTYPES[dtype]) for model in fresh]
+    x = x.to(DTYPES[dtype])
+    return {"A": with_rule(models[0], x, False), "B": with_rule(models[0], x, True), "F": lambda: models[1](x)}
+
+
+def measure(case: str, dtype: str, iters: int, runtime: str) -> str:
     name, size, chans, classes = CASES[case]
-    models = [deploy(timm.create_model(n, num_classes=classes, in_chans=chans).eval()).to(dtype)
-              for n in (name, baseline_partner(name))]
-    x = torch.randn(1, chans, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
-    runs = {"A": with_rule(models[0], x, False), "B": with_rule(models[0], x, True), "F": lambda: models[1](x)}
+    x = torch.randn(1, chans, size, size).contiguous(memory_format=torch.channels_last)
+    runs = variants(name, chans, classes, x, dtype, runtime)
     with torch.inference_mode():
         difference = relative_difference(runs["A"](), runs["B"]())
         times = time_alternating(runs, iters=iters, warmup=10, per_round=5)
@@ -74,14 +106,14 @@ def main() -> None:
     if args.force_fp32:
         onednn.FP32_TAKES_ONEDNN = True
     rule = "fp32 forced onto oneDNN" if args.force_fp32 else "the shipped rule"
-    print(f"CPU: {describe_cpu()}; {args.dtype}; {rule}; torch {torch.__version__}\n")
-    print("| model | px | threads | A ms (addmm) | B ms (oneDNN) | FasterNet ms | A / F | B / F | B / A | "
+    print(f"CPU: {describe_cpu()}; {args.runtime} {args.dtype}; {rule}; torch {torch.__version__}\n")
+    print("| model | px | threads | A ms (MKL) | B ms (oneDNN) | FasterNet ms | A / F | B / F | B / A | "
           "max rel. diff |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for case in args.cases:
-            print(measure(case, DTYPES[args.dtype], args.iters), flush=True)
+            print(measure(case, args.dtype, args.iters, args.runtime), flush=True)
 
 
 if __name__ == "__main__":

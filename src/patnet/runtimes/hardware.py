@@ -45,7 +45,8 @@ def mkl_gemm_is_slow() -> bool:
     avx512_bf16), one thread, MKL's 2048x2048 fp32 matmul reached 89 GFLOP/s while timm's compiled FasterNet-T2
     (oneDNN convs) ran at 142. There the deploy form's large fp32 products leave MKL: eager's ``torch.addmm`` for
     prepacked oneDNN linears (:mod:`patnet.layers.onednn`), and under ``torch.compile`` (which turns a frozen fp32
-    matrix product into MKL's packed GEMM, ``mkl::_mkl_linear``) the 1x1 conv form."""
+    matrix product into MKL's packed GEMM, ``mkl::_mkl_linear``) the 1x1 conv form. On a Xeon (AMX) both lost
+    to MKL: eager 0-14% slower, compiled 4% (docs/bench/onednn-ab-xeon.md)."""
     return _cpuinfo_field("vendor_id") in ("AuthenticAMD", "HygonGenuine")
 
 
