@@ -7,6 +7,7 @@ from timm.utils import reparameterize_model
 
 import patnet  # noqa: F401
 from patnet.deploy import deploy
+from patnet.export import script
 
 SIZES = [(64, 64), (96, 72), (97, 131)]
 
@@ -72,7 +73,7 @@ def test_fasternet_folding_is_exact(name):
 def test_scripted_deploy_form():
     model = randomize_inference_state(timm.create_model("patnet_t1", num_classes=10), seed=8).eval()
     folded = deploy(model)
-    scripted = torch.jit.script(folded)
+    scripted = script(folded)
     x = torch.randn(1, 3, 80, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert _relative_error(model(x), scripted(x)) <= 1e-5

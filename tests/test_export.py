@@ -7,7 +7,7 @@ from helpers import randomize_inference_state
 
 import patnet  # noqa: F401
 from patnet.cli import main
-from patnet.export import export_onnx, export_torchscript
+from patnet.export import export_onnx, export_torchscript, script
 
 SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1), spatial_attn=True, num_classes=10, feature_dim=64)
 
@@ -38,6 +38,24 @@ def test_torchscript_round_trip(tmp_path, small_model):
     other = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(loaded(other), small_model(other), rtol=1e-4, atol=1e-4)
+
+
+def test_script_survives_a_stale_builtin_entry_on_an_attribute():
+    """TorchScript's builtin table is keyed by id(); an entry left by a freed operator can fall on a live
+    attribute (here planted on a conv's padding list) and break plain torch.jit.script, not :func:`script`."""
+    model = timm.create_model("patnet_t0", **SMALL).eval()
+    conv = model.patch_embed.proj
+    table = torch.jit._builtins._get_builtin_table()
+    table[id(conv._reversed_padding_repeated_twice)] = "aten::add"
+    try:
+        with pytest.raises(RuntimeError, match="builtin cannot be used as a value"):
+            torch.jit.script(model)
+        scripted = script(model)
+    finally:
+        table.pop(id(conv._reversed_padding_repeated_twice), None)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
 
 
 def test_export_cli_with_checkpoint(tmp_path, small_model, capsys):

@@ -11,6 +11,7 @@ from torch import nn
 import patnet  # noqa: F401
 import patnet.layers.onednn as onednn
 from patnet.deploy import deploy
+from patnet.export import script
 from patnet.layers.fused import FusedMlp
 from patnet.layers.onednn import PackedMatrix, post_op, takes_onednn
 from patnet.runtimes.runner import relative_difference
@@ -106,7 +107,7 @@ def test_deployed_model_copies_scripts_and_trains_after_packing(mkl_is_slow, mon
         expected = deployed(x)
     assert any(m._expand_packed._packed is not None for m in deployed.modules() if isinstance(m, FusedMlp))
     twin = copy.deepcopy(deployed)  # packed tensors have no storage: copies start empty and pack again
-    scripted = torch.jit.script(deployed)
+    scripted = script(deployed)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), expected)
         torch.testing.assert_close(scripted(x), expected, rtol=1e-5, atol=1e-5)

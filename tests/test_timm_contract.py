@@ -6,6 +6,7 @@ from helpers import fixed_input, randomize_inference_state
 from timm.optim import create_optimizer_v2
 
 import patnet  # noqa: F401
+from patnet.export import script
 
 MODELS = timm.list_models(module="patnet")
 IMG = 64  # smallest round size at which every stage keeps a 2x2 map with the default stem
@@ -53,7 +54,7 @@ def test_forward_intermediates_and_scripted_forward(name):
         only = model.forward_intermediates(x, indices=[1, 2], stop_early=True, intermediates_only=True)
         torch.testing.assert_close(only[1], intermediates[2])
         # TorchScript is the portable deployment path (and what timm's own contract tests use).
-        scripted = torch.jit.script(model)
+        scripted = script(model)
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
 
 

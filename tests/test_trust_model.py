@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import patnet  # noqa: F401
 from patnet.errors import UserError
+from patnet.export import script
 from patnet.models.patnet import MIXERS, POOLS
 
 TINY = dict(embed_dim=8, depths=(1, 1, 1, 1), feature_dim=16, num_classes=3)
@@ -184,6 +185,6 @@ def test_fused_and_scripted_forms_keep_working_with_the_dtype_check():
     from patnet.deploy import deploy
     model = timm.create_model("patnet_t0", **TINY).eval()
     x = fixed_input(2, 3, 64, 64)
-    scripted = torch.jit.script(deploy(model))
+    scripted = script(deploy(model))
     with torch.no_grad():
         assert math.isclose(float((scripted(x) - model(x)).abs().max()), 0.0, abs_tol=1e-4)

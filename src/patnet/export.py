@@ -3,7 +3,7 @@
 ONNX: the TorchScript-based exporter (``dynamo=False``) with opset 18, weights embedded, constant
 folding on, so the relative-position bias becomes a constant; onnxruntime then runs the file and the
 export fails if its output differs from PyTorch's by more than ``rtol`` of the output's scale.
-TorchScript: ``torch.jit.script`` of the deployment form, checked the same way.
+TorchScript: ``torch.jit.script`` of the deployment form (:func:`script`), checked the same way.
 
 The weights come from a ``patnet train`` checkpoint or a plain weights file; their own class count and input
 channels win over contradicting flags, and an input size that cannot fit in memory is refused before
@@ -84,13 +84,31 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynam
     return ExportReport(path, "onnx", max_abs, relative, op_types)
 
 
+def script(model: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script(model)`` after dropping stale entries of TorchScript's builtin table that name one of
+    ``model``'s attribute values.
+
+    That table maps ``id(function)`` to an operator, and torch registers many operators there without keeping
+    the function alive; once one is freed, a new object can take its address, and TorchScript then compiles
+    that attribute as the operator ("builtin cannot be used as a value"; seen once in CI, on a Conv2d's padding
+    list, scripting patnet_t1). A live attribute value that is not callable is never a builtin, so an entry
+    under its id is stale.
+    """
+    table = torch.jit._builtins._get_builtin_table()
+    for module in model.modules():
+        for value in vars(module).values():
+            if not callable(value):
+                table.pop(id(value), None)
+    return torch.jit.script(model)
+
+
 @torch.no_grad()
 def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor, rtol: float = 1e-4) -> ExportReport:
     """Write ``model``'s deployment form to ``path`` as a scripted TorchScript module and verify it."""
     path = Path(path)
     _check_example(example)
     folded = deploy(model)
-    scripted = torch.jit.script(folded)
+    scripted = script(folded)
     with atomic_path(path) as tmp:
         torch.jit.save(scripted, str(tmp))
         loaded = torch.jit.load(str(tmp))
