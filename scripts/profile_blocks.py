@@ -11,7 +11,9 @@ in OpenVINO in f32 and (where the CPU has native bf16) bf16:
   "Subgraph" kernels count as non-GEMM even where they hold a small matrix product, e.g. attention's).
 
 Operators are split into GEMM work (convolutions, matrix products, linear layers) and everything else
-(statistics, gates, activations, concatenations, copies, softmax, ...). Profilers add overhead to small
+(statistics, gates, activations, concatenations, copies, softmax, ...), and each runtime also gets the model's
+costliest operator types beside the baseline's time in the same types (OpenVINO's with the implementation it
+picked, e.g. ``Reorder (jit_uni_f32)``). Profilers add overhead to small
 operators, so the totals run above a plain timing; the split, not the absolute milliseconds, is the point.
 
     .venv/bin/python scripts/profile_blocks.py            # writes docs/bench/profile.md and profile.json
@@ -47,6 +49,7 @@ BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)")
 STAGE_PART = re.compile(r"stages\.(\d+)\.(downsample)")
 ONNX_BLOCK = re.compile(r"stages\.(\d+)/blocks/blocks\.(\d+)/")  # exported names: /stages/stages.2/blocks/blocks.1/...
 ONNX_STAGE_PART = re.compile(r"stages\.(\d+)/(downsample)/")
+TOP_OPERATORS = 12
 
 
 def block_kind(block: nn.Module) -> str:
@@ -74,8 +77,23 @@ def part_labels(model: nn.Module) -> dict[str, str]:
     return labels
 
 
-def eager_profile(model: nn.Module, x: torch.Tensor, calls: int) -> dict[str, dict[str, float]]:
-    """{group: {"gemm": ms, "other": ms}} per call, from torch.profiler's self times."""
+class Charges:
+    """Milliseconds per call charged two ways: to a part (stem, a block, the head), split into GEMM work and the
+    rest, and to an operator type (ATen op, ONNX Runtime kernel, OpenVINO node type and implementation)."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+        self.parts: dict[str, dict[str, float]] = defaultdict(lambda: {"gemm": 0.0, "other": 0.0})
+        self.operators: dict[str, float] = defaultdict(float)
+
+    def add(self, part: str, operator: str, kind_name: str, ms_total: float) -> None:
+        """Charge ``ms_total`` (over all calls) of ``operator`` to ``part``; ``kind_name`` decides GEMM or not."""
+        self.parts[part]["gemm" if GEMM.search(kind_name) else "other"] += ms_total / self.calls
+        self.operators[operator] += ms_total / self.calls
+
+
+def eager_profile(model: nn.Module, x: torch.Tensor, calls: int) -> Charges:
+    """Charges per call from torch.profiler's self times."""
     labels = part_labels(model)
     modules = dict(model.named_modules())
     ranges = {}
@@ -108,17 +126,16 @@ def group_of(event) -> str:
     return "outside the parts (pooling, flatten)"
 
 
-def charge_events(events, calls: int) -> dict[str, dict[str, float]]:
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"gemm": 0.0, "other": 0.0})
+def charge_events(events, calls: int) -> Charges:
+    charges = Charges(calls)
     for event in events:
         if event.name.startswith("part|") or event.name.startswith("ProfilerStep"):
             continue
-        kind = "gemm" if GEMM.search(event.name) else "other"
-        totals[group_of(event)][kind] += event.self_cpu_time_total / 1e3 / calls
-    return dict(totals)
+        charges.add(group_of(event), event.name, event.name, event.self_cpu_time_total / 1e3)
+    return charges
 
 
-def ort_profile(model: nn.Module, x: torch.Tensor, calls: int) -> dict[str, dict[str, float]]:
+def ort_profile(model: nn.Module, x: torch.Tensor, calls: int) -> Charges:
     """The same split from ONNX Runtime's profiler on the exported deploy form (one thread, all optimizations)."""
     import onnxruntime as ort
 
@@ -135,17 +152,16 @@ def ort_profile(model: nn.Module, x: torch.Tensor, calls: int) -> dict[str, dict
         for _ in range(calls):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"gemm": 0.0, "other": 0.0})
+    charges = Charges(calls)
     for event in events:
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
             continue
         op = event.get("args", {}).get("op_name", "")
-        kind = "gemm" if GEMM.search(op) else "other"
-        totals[onnx_group(event["name"], labels)][kind] += event["dur"] / 1e3 / calls
-    return dict(totals)
+        charges.add(onnx_group(event["name"], labels), op, op, event["dur"] / 1e3)
+    return charges
 
 
-def openvino_profile(model: nn.Module, x: torch.Tensor, calls: int, precision: str) -> dict[str, dict[str, float]]:
+def openvino_profile(model: nn.Module, x: torch.Tensor, calls: int, precision: str) -> Charges:
     """The same split from OpenVINO's performance counters on the exported deploy form (one thread)."""
     import openvino as ov
 
@@ -154,15 +170,15 @@ def openvino_profile(model: nn.Module, x: torch.Tensor, calls: int, precision: s
         path = export_onnx(model, Path(folder) / "model.onnx", x).path
         config = {**openvino_config(precision, 1), "PERF_COUNT": True}
         request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"gemm": 0.0, "other": 0.0})
+    charges = Charges(calls)
     for _ in range(3):
         request.infer({0: x.numpy()})
     for _ in range(calls):
         request.infer({0: x.numpy()})
         for node in request.profiling_info:
-            kind = "gemm" if GEMM.search(node.node_type) else "other"
-            totals[onnx_group(node.node_name, labels)][kind] += node.real_time.total_seconds() * 1e3 / calls
-    return dict(totals)
+            charges.add(onnx_group(node.node_name, labels), f"{node.node_type} ({node.exec_type})", node.node_type,
+                        node.real_time.total_seconds() * 1e3)
+    return charges
 
 
 def onnx_group(node: str, labels: dict[str, str]) -> str:
@@ -178,13 +194,15 @@ def onnx_group(node: str, labels: dict[str, str]) -> str:
     return "not attributed (no module path in the node name)"
 
 
-def merge_blocks(profile: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Sorted by stage, then part; every group with its total."""
+def summarise_charges(charges: Charges) -> dict:
+    """``parts``: sorted by stage, then part, every group with its total; ``operators``: ms per operator type,
+    largest first."""
     rows = {}
-    for group in sorted(profile):
-        gemm, other = profile[group]["gemm"], profile[group]["other"]
+    for group in sorted(charges.parts):
+        gemm, other = charges.parts[group]["gemm"], charges.parts[group]["other"]
         rows[group] = {"gemm_ms": gemm, "other_ms": other, "total_ms": gemm + other}
-    return rows
+    operators = dict(sorted(charges.operators.items(), key=lambda item: -item[1]))
+    return {"parts": rows, "operators": operators}
 
 
 def fold_in_tree(model: nn.Module) -> nn.Module:
@@ -215,10 +233,10 @@ def deploy_form(name: str, x: torch.Tensor, classes: int) -> nn.Module:
 
 def profile_case(name: str, x: torch.Tensor, classes: int, calls: int) -> dict:
     model = deploy_form(name, x, classes)
-    profiles = {"eager fp32": merge_blocks(eager_profile(model, x, calls)),
-                "onnxruntime fp32": merge_blocks(ort_profile(model, x, calls))}
+    profiles = {"eager fp32": summarise_charges(eager_profile(model, x, calls)),
+                "onnxruntime fp32": summarise_charges(ort_profile(model, x, calls))}
     for precision in ("fp32", "bf16") if native_bf16("cpu") else ("fp32",):
-        profiles[f"openvino {precision}"] = merge_blocks(openvino_profile(model, x, calls, precision))
+        profiles[f"openvino {precision}"] = summarise_charges(openvino_profile(model, x, calls, precision))
     return profiles
 
 
@@ -228,10 +246,20 @@ def case_lines(case: dict) -> list[str]:
         lines += [f"### {runtime}", "", "| part | model GEMM ms | model other ms | baseline part | baseline GEMM ms | "
                   "baseline other ms |", "|---|---|---|---|---|---|"]
         ours, theirs = case["profiles"][case["model"]][runtime], case["profiles"][case["baseline"]][runtime]
-        for left, right in zip_longest_rows(ours, theirs):
+        for left, right in zip_longest_rows(ours["parts"], theirs["parts"]):
             lines.append(f"| {left[0]} | {left[1]} | {left[2]} | {right[0]} | {right[1]} | {right[2]} |")
-        lines += ["", summary_line(case["model"], ours) + "; " + summary_line(case["baseline"], theirs), ""]
+        totals = summary_line(case["model"], ours["parts"]) + "; " + summary_line(case["baseline"], theirs["parts"])
+        lines += ["", totals, ""] + operator_lines(ours["operators"], theirs["operators"])
     return lines
+
+
+def operator_lines(ours: dict[str, float], theirs: dict[str, float], rows: int = TOP_OPERATORS) -> list[str]:
+    """The model's costliest operator types beside the baseline's time in the same types."""
+    lines = [f"By operator type (the model's {rows} costliest; ms per call):", "", "| operator | model ms | "
+             "baseline ms |", "|---|---|---|"]
+    for operator, ms in list(ours.items())[:rows]:
+        lines.append(f"| {operator} | {ms:.3f} | {theirs.get(operator, 0.0):.3f} |")
+    return lines + [""]
 
 
 def zip_longest_rows(ours: dict, theirs: dict):
