@@ -80,14 +80,34 @@ def test_channel_gate_passes_convolved_channels_exactly():
 
 
 def test_channel_gate_compiled_form_equals_matrix_product():
+    """The compiled form's multiply-and-sum over the gated channels' statistics equals the exported form's
+    whole matrix product on those channels; the whole product keeps the passed channels' scale exactly 1."""
     _, fused = _block_pair("pat_ch", False, seed=3)
     gate = fused.spatial_mixing.gate
-    stats = torch.randn(2, 96, generator=torch.Generator().manual_seed(3)) * 10
+    channels, passed = 48, gate.passed
+    stats = torch.randn(2, 2 * channels, generator=torch.Generator().manual_seed(3)) * 10
+    untouched_stats = torch.cat((stats[:, passed:channels], stats[:, channels + passed:]), dim=1)
     with torch.no_grad():
         product = torch.addmm(gate.bias, stats, gate.weight.t())
-        summed = gate._products_summed(stats)
-    assert _relative_error(product, summed) <= 1e-5
-    assert torch.equal(F.hardsigmoid(summed[:, :12]), torch.ones(2, 12))  # passed channels stay exact
+        summed = gate._products_summed(untouched_stats)
+    assert passed == 12 and summed.shape == (2, channels - passed)
+    assert _relative_error(product[:, passed:], summed) <= 1e-5
+    assert torch.equal(F.hardsigmoid(product[:, :passed]), torch.ones(2, passed))  # passed channels stay exact
+
+
+@pytest.mark.parametrize("graph", ["eager", "compile"])
+def test_channel_gate_untouched_scale_is_the_whole_scale_on_gated_channels(graph, monkeypatch):
+    _, fused = _block_pair("pat_ch", False, seed=5)
+    gate = fused.spatial_mixing.gate
+    x = torch.randn(1, 48, 9, 11, generator=torch.Generator().manual_seed(5)).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        whole = gate(x)
+        if graph == "compile":
+            monkeypatch.setattr(fused_layers, "_compiling", lambda: True)
+        part = gate.untouched_scale(x)
+    assert part.shape == (1, 48 - gate.passed, 1, 1)
+    assert _relative_error(whole[:, gate.passed:], part) <= 1e-5
 
 
 def test_spatial_gate_compiled_form_equals_conv():

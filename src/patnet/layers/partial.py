@@ -72,7 +72,7 @@ class GaussianChannelGate(nn.Module):
         weight[passed:, 0, passed:] = self.conv.weight[:, :, 0, 0] * scale[:, None]
         weight[passed:, 1, passed:] = self.conv.weight[:, :, 0, 1] * scale[:, None]
         bias = torch.cat((shift.new_full((passed,), 3.0), shift))  # hsig(3) == 1
-        return FusedChannelGate(weight.flatten(1), bias)
+        return FusedChannelGate(weight.flatten(1), bias, passed)
 
 
 class PartialChannelAttn(nn.Module):
