@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
-from typing import Callable
+from typing import Callable, TypeVar
 
 import timm
 import torch
@@ -32,6 +32,7 @@ from patnet.runtimes.runner import make_runner, relative_difference
 
 CASES = {"t0": ("patnet_t0", 224, 3, 1000), "t1": ("patnet_t1", 224, 3, 1000), "t2": ("patnet_t2", 224, 3, 1000),
          "s": ("patnet_s", 224, 3, 1000), "t0@64": ("patnet_t0", 64, 1, 10)}
+T = TypeVar("T")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -47,31 +48,31 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def with_rule(model: torch.nn.Module, x: torch.Tensor, use_onednn: bool) -> Callable[[], torch.Tensor]:
-    rule = fused.takes_onednn
-
-    def call() -> torch.Tensor:
-        fused.takes_onednn = rule if use_onednn else (lambda rows, matrix: False)
+def under_rule(name: str, value, work: Callable[[], T]) -> Callable[[], T]:
+    """``work`` as a callable that runs with ``patnet.layers.fused.<name>`` set to ``value``, restored after.
+    Toggling per call lets A and B share one process; a compiled graph is called under the rule it was traced
+    with, so dynamo's guards on it hold."""
+    def call() -> T:
+        kept = getattr(fused, name)
+        setattr(fused, name, value)
         try:
-            return model(x)
+            return work()
         finally:
-            fused.takes_onednn = rule
+            setattr(fused, name, kept)
     return call
+
+
+def with_rule(model: torch.nn.Module, x: torch.Tensor, use_onednn: bool) -> Callable[[], torch.Tensor]:
+    rule = fused.takes_onednn if use_onednn else (lambda rows, matrix: False)
+    return under_rule("takes_onednn", rule, lambda: model(x))
 
 
 def compiled_with_rule(model: torch.nn.Module, x: torch.Tensor, dtype: str,
                        convs: bool) -> Callable[[], torch.Tensor]:
     """``model`` compiled (patnet.runtimes.make_runner) with fp32 products as oneDNN convs or MKL products,
     and called with that rule in force."""
-    def under_rule(work: Callable):
-        kept, fused.FP32_TAKES_ONEDNN = fused.FP32_TAKES_ONEDNN, convs
-        try:
-            return work()
-        finally:
-            fused.FP32_TAKES_ONEDNN = kept
-
-    runner = under_rule(lambda: make_runner(model, "compile", dtype, x, threads=None))
-    return lambda: under_rule(lambda: runner(x))
+    runner = under_rule("FP32_TAKES_ONEDNN", convs, lambda: make_runner(model, "compile", dtype, x, threads=None))()
+    return under_rule("FP32_TAKES_ONEDNN", convs, lambda: runner(x))
 
 
 def variants(name: str, chans: int, classes: int, x: torch.Tensor, dtype: str,

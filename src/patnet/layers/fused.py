@@ -71,6 +71,11 @@ def _as_conv_weight(matrix: Tensor) -> Tensor:
     return matrix.t()[:, :, None, None]
 
 
+def _gate_scale(stats: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``hsig(W [mean, std] + b)`` as a ``(B, rows of W, 1, 1)`` scale."""
+    return F.hardsigmoid(torch.addmm(bias, stats, weight.t()))[:, :, None, None]
+
+
 class FusedChannelGate(nn.Module):
     """PAT_ch's gate with its BN folded, as a per-channel scale of the whole map:
     ``hsig(W [mean, std] + b)`` over all ``C`` channels, one small matmul.
@@ -89,7 +94,7 @@ class FusedChannelGate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The scale of every channel, ``(B, C, 1, 1)``."""
         stats = stacked_mean_std(x, traceable=_exporting() or _compiling())
-        return F.hardsigmoid(torch.addmm(self.bias, stats, self.weight.t()))[:, :, None, None]
+        return _gate_scale(stats, self.weight, self.bias)
 
     def untouched_scale(self, x: Tensor) -> Tensor:
         """The scale of the gated channels only, ``(B, C - passed, 1, 1)``: the passed channels' rows of ``W``
@@ -97,9 +102,7 @@ class FusedChannelGate(nn.Module):
         if _compiling():
             stats = compiled_mean_std(x[:, self.passed:])
             return F.hardsigmoid(self._products_summed(stats)).to(x.dtype)[:, :, None, None]
-        stats = stacked_mean_std(x)
-        gated = self.weight[self.passed:]
-        return F.hardsigmoid(torch.addmm(self.bias[self.passed:], stats, gated.t()))[:, :, None, None]
+        return _gate_scale(stacked_mean_std(x), self.weight[self.passed:], self.bias[self.passed:])
 
     def _products_summed(self, stats: Tensor) -> Tensor:
         """``W [mean, std] + b`` over the gated channels as a multiply-and-sum (:func:`_summed_products`); the
