@@ -6,9 +6,8 @@ both models folded, 10 warm-up + 200 timed calls, median of per-round ratios):
   2. patnet/fasternet T0 at 1x64x64 with 10 classes (the Fashion-MNIST model), on 1 and 2 threads;
 each in every runtime (eager, torch.compile, ONNX Runtime, OpenVINO) and every precision this CPU has
 natively (fp32; bf16 with AVX512-BF16 or AMX). Full reports go to docs/bench/regimes/<run>/; regimes.md
-gathers the ratio, efficiency and startup tables under a header naming the command and the CPU. With
---gpu (and a CUDA GPU) it also writes docs/bench/gpu.md: the GPU protocol (fp32, AMP fp16/bf16
-channels-last, eager and compiled, batch 32 and 256).
+gathers the ratio, efficiency and startup tables under a header naming the command and the CPU. The GPU's
+protocol (fp32, AMP fp16/bf16 channels-last, batch 32 and 256) is run by scripts/gpu_checks.sh.
 
 Run it on a quiet machine (the header records the load average):
 
@@ -47,7 +46,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", nargs="+", type=int, help="default: 1 and 2 (as far as the cores go)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="PATNet variants (with partners)")
     parser.add_argument("--model-kwargs", default="{}", help="JSON keyword arguments for every model (smoke tests)")
-    parser.add_argument("--gpu", action="store_true", help="also write gpu.md (needs a CUDA GPU)")
     return parser.parse_args()
 
 
@@ -80,14 +78,6 @@ def run_cpu(args: argparse.Namespace, out: Path) -> list[tuple[str, str, dict]]:
     return done
 
 
-def run_gpu(args: argparse.Namespace, out: Path) -> list[tuple[str, str, dict]]:
-    """The GPU protocol on the CUDA GPU: eager and compiled, fp32 and AMP fp16/bf16, batch 32 and 256."""
-    runtimes = tuple(r for r in args.runtimes if r in ("eager", "compile"))
-    config = replace(base_config(args), models=models_of(args.variants), cpu=False, gpu=True, runtimes=runtimes,
-                     dtypes=("fp32", "bf16"), model_kwargs=json.loads(args.model_kwargs))
-    return [("gpu", "GPU throughput, 3x224x224", run_benchmark(config, out / "regimes" / "gpu", command=command()))]
-
-
 def write_report(runs: list[tuple[str, str, dict]], out: Path, name: str, title: str) -> Path:
     """``<name>.md`` (the first run's header, then each run's regime tables) and ``<name>.png`` in ``out``."""
     links = ", ".join(f"[{run}](regimes/{run}/bench.md)" for run, _, _ in runs)
@@ -108,8 +98,6 @@ def main() -> None:
     runs = run_cpu(args, out)
     if runs:
         print(f"wrote {write_report(runs, out, 'regimes', 'PATNet against FasterNet in every runtime and precision')}")
-    if args.gpu:
-        print(f"wrote {write_report(run_gpu(args, out), out, 'gpu', 'PATNet against FasterNet on the GPU')}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,13 @@ costliest operator types beside the baseline's time in the same types (OpenVINO'
 picked, e.g. ``Reorder (jit_uni_f32)``). Profilers add overhead to small
 operators, so the totals run above a plain timing; the split, not the absolute milliseconds, is the point.
 
+With ``--device cuda`` it profiles PATNet-T2 against FasterNet-T2 on the GPU instead, eager only, at ``--batch``
+(default 256), in fp32 and bf16 (weights and input), channels-last: each ATen operator is charged the GPU time of
+the kernels it launched itself (torch.profiler's self device time).
+
     .venv/bin/python scripts/profile_blocks.py            # writes docs/bench/profile.md and profile.json
     .venv/bin/python scripts/profile_blocks.py --quick    # a smoke test
+    python scripts/profile_blocks.py --device cuda        # writes docs/bench/profile-gpu.md and .json
 """
 from __future__ import annotations
 
@@ -93,7 +98,7 @@ class Charges:
 
 
 def eager_profile(model: nn.Module, x: torch.Tensor, calls: int) -> Charges:
-    """Charges per call from torch.profiler's self times."""
+    """Charges per call from torch.profiler's self times: CPU time, or on a GPU the kernels' device time."""
     labels = part_labels(model)
     modules = dict(model.named_modules())
     ranges = {}
@@ -106,15 +111,18 @@ def eager_profile(model: nn.Module, x: torch.Tensor, calls: int) -> Charges:
         def leave(_module, _args, _out, path=path):
             ranges.pop(path).__exit__(None, None, None)
         handles += [modules[path].register_forward_pre_hook(enter), modules[path].register_forward_hook(leave)]
+    activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * x.is_cuda
     with torch.inference_mode():
         for _ in range(3):
             model(x)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=activities) as prof:
             for _ in range(calls):
                 model(x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
     for handle in handles:
         handle.remove()
-    return charge_events(prof.events(), calls)
+    return charge_events(prof.events(), calls, device_time=x.is_cuda)
 
 
 def group_of(event) -> str:
@@ -126,12 +134,18 @@ def group_of(event) -> str:
     return "outside the parts (pooling, flatten)"
 
 
-def charge_events(events, calls: int) -> Charges:
+def charge_events(events, calls: int, device_time: bool = False) -> Charges:
+    """Each CPU-side operator's self time charged to its part; with ``device_time``, the GPU time of the kernels
+    it launched itself instead (kernel events are not charged again on their own)."""
     charges = Charges(calls)
     for event in events:
         if event.name.startswith("part|") or event.name.startswith("ProfilerStep"):
             continue
-        charges.add(group_of(event), event.name, event.name, event.self_cpu_time_total / 1e3)
+        if device_time and event.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        us = event.self_device_time_total if device_time else event.self_cpu_time_total
+        if us > 0:
+            charges.add(group_of(event), event.name, event.name, us / 1e3)
     return charges
 
 
@@ -231,6 +245,17 @@ def deploy_form(name: str, x: torch.Tensor, classes: int) -> nn.Module:
     return folded
 
 
+def profile_gpu_case(name: str, x: torch.Tensor, classes: int, calls: int, batch: int) -> dict:
+    """Eager GPU profiles of ``name``'s deploy form at ``batch``, fp32 and bf16, channels-last."""
+    model = deploy_form(name, x, classes)
+    profiles = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        on_gpu = model.to("cuda", dtype, memory_format=torch.channels_last)
+        batch_x = x.expand(batch, -1, -1, -1).to("cuda", dtype, memory_format=torch.channels_last)
+        profiles[f"eager cuda {precision}, batch {batch}"] = summarise_charges(eager_profile(on_gpu, batch_x, calls))
+    return profiles
+
+
 def profile_case(name: str, x: torch.Tensor, classes: int, calls: int) -> dict:
     model = deploy_form(name, x, classes)
     profiles = {"eager fp32": summarise_charges(eager_profile(model, x, calls)),
@@ -276,32 +301,47 @@ def summary_line(name: str, rows: dict) -> str:
     return f"{name}: GEMM {gemm:.2f} ms, other {other:.2f} ms ({100 * other / max(gemm + other, 1e-9):.0f}% non-GEMM)"
 
 
+def header_lines(calls: int, gpu: bool, batch: int) -> list[str]:
+    if gpu:
+        return [f"# Per-block profile on the GPU: GEMM and non-GEMM kernel time, deploy form, batch {batch}", "",
+                f"- Command: `python scripts/profile_blocks.py --device cuda --batch {batch}`",
+                f"- Machine: {torch.cuda.get_device_name()}; torch {torch.__version__}; host CPU {describe_cpu()}",
+                f"- {calls} profiled calls per model and precision after 3 warm-up calls; GPU milliseconds per call, "
+                "each ATen operator charged the kernels it launched itself. Eager PyTorch, channels-last, fp32 "
+                "(TF32 as PyTorch's defaults leave it: on for convolutions, off for matrix products) and bf16 weights "
+                "and input.", ""]
+    return ["# Per-block profile: GEMM and non-GEMM time, deploy form, batch 1, one thread", "",
+            "- Command: `.venv/bin/python scripts/profile_blocks.py`", f"- Machine: {describe_cpu()}",
+            f"- {calls} profiled calls per model and runtime after 3 warm-up calls; milliseconds per call. "
+            "Profilers add overhead to small operators: read the split, not the absolute times.",
+            "- Each model is profiled once, not in alternation: on a shared machine whole-model times drift between "
+            "runs (OpenVINO's GEMM totals differed by up to 2x between two runs on the 2-core Xeon here, its "
+            "non-GEMM totals by under 25%); ratios belong to `bench_regimes.py`.", ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 profiled calls, no files written")
     parser.add_argument("--calls", type=int, default=20, help="profiled calls per model and runtime")
     parser.add_argument("--out", default="docs/bench", help="folder for profile.md and profile.json")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch", type=int, default=256, help="batch size on the GPU")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    calls = 3 if args.quick else args.calls
+    calls, gpu = 3 if args.quick else args.calls, args.device == "cuda"
     cases = []
-    for model, baseline, shape, classes in CASES:
+    for model, baseline, shape, classes in CASES[:1] if gpu else CASES:
         x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
-        profiles = {name: profile_case(name, x, classes, calls) for name in (model, baseline)}
+        profiles = {name: profile_gpu_case(name, x, classes, calls, args.batch) if gpu
+                    else profile_case(name, x, classes, calls) for name in (model, baseline)}
         cases.append({"model": model, "baseline": baseline, "input": shape, "profiles": profiles})
         print("\n".join(case_lines(cases[-1])), flush=True)
     if args.quick:
         return
-    header = ["# Per-block profile: GEMM and non-GEMM time, deploy form, batch 1, one thread", "",
-              "- Command: `.venv/bin/python scripts/profile_blocks.py`", f"- Machine: {describe_cpu()}",
-              f"- {calls} profiled calls per model and runtime after 3 warm-up calls; milliseconds per call. "
-              "Profilers add overhead to small operators: read the split, not the absolute times.",
-              "- Each model is profiled once, not in alternation: on a shared machine whole-model times drift between "
-              "runs (OpenVINO's GEMM totals differed by up to 2x between two runs on the 2-core Xeon here, its "
-              "non-GEMM totals by under 25%); ratios belong to `bench_regimes.py`.", ""]
-    out = Path(args.out)
-    write_text_atomic(out / "profile.md", "\n".join(header + [line for c in cases for line in case_lines(c)]))
-    write_text_atomic(out / "profile.json", json.dumps({"machine": machine_info(), "cases": cases}, indent=2))
+    out, stem = Path(args.out), "profile-gpu" if gpu else "profile"
+    lines = header_lines(calls, gpu, args.batch) + [line for c in cases for line in case_lines(c)]
+    write_text_atomic(out / f"{stem}.md", "\n".join(lines))
+    write_text_atomic(out / f"{stem}.json", json.dumps({"machine": machine_info(), "cases": cases}, indent=2))
 
 
 if __name__ == "__main__":

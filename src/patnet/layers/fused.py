@@ -43,6 +43,21 @@ def _convs_when_compiled(x: Tensor, matrix: Tensor) -> bool:
     return x.dtype == torch.float32 and macs >= MIN_MACS
 
 
+CUDA_PRODUCTS_AS_CONVS = True  # see _convs_on_cuda; scripts/ab_onednn.py --device cuda toggles it for its A/B
+
+
+def _convs_on_cuda(x: Tensor) -> bool:
+    """Whether the MLP's fp32 products on a CUDA map run as cuDNN 1x1 convs (the training form's and FasterNet's
+    op) instead of cuBLAS matrix products: convs follow PyTorch's TF32 default for convolutions (on), which the
+    products' matmul default (off) would not. A/B on an H200, eager, batch 256 (docs/bench/gpu.md), the convs'
+    time over the products': fp32 0.94 (T0), 0.77 (T2), 0.61 (S); bf16 1.11 to 1.32, so bf16 and autocast keep
+    the matrix products."""
+    if torch.jit.is_scripting():  # TorchScript keeps the matrix products on every device
+        return False
+    return (CUDA_PRODUCTS_AS_CONVS and x.is_cuda and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cuda"))
+
+
 def _exporting() -> bool:
     """Whether an ONNX export is tracing this call (never under TorchScript). The tracing check comes first:
     it is 20x cheaper than asking the exporter, which costs 3 us per call."""
@@ -285,7 +300,7 @@ class FusedMlp(nn.Module):
         return self._products(x, residual)
 
     def _products(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
-        if _exporting() or _convs_when_compiled(x, self.expand_weight):
+        if _exporting() or _convs_when_compiled(x, self.expand_weight) or _convs_on_cuda(x):
             return self._as_convs(x, residual)
         if x.is_contiguous(memory_format=torch.channels_last):
             return self._on_rows(x, residual)
