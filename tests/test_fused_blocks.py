@@ -88,7 +88,8 @@ def test_channel_gate_compiled_form_equals_matrix_product():
     stats = torch.randn(2, 2 * channels, generator=torch.Generator().manual_seed(3)) * 10
     untouched_stats = torch.cat((stats[:, passed:channels], stats[:, channels + passed:]), dim=1)
     with torch.no_grad():
-        product = torch.addmm(gate.bias, stats, gate.weight.t())
+        weight, bias = gate.whole()
+        product = torch.addmm(bias, stats, weight)
         summed = gate._products_summed(untouched_stats)
     assert passed == 12 and summed.shape == (2, channels - passed)
     assert _relative_error(product[:, passed:], summed) <= 1e-5

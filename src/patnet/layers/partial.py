@@ -68,11 +68,10 @@ class GaussianChannelGate(nn.Module):
         over ``passed`` leading channels that keep a scale of exactly 1 and then the gated ones."""
         scale, shift = bn_scale_shift(self.norm)
         gated = self.conv.weight.shape[0]
-        weight = self.conv.weight.new_zeros(passed + gated, 2, passed + gated)
-        weight[passed:, 0, passed:] = self.conv.weight[:, :, 0, 0] * scale[:, None]
-        weight[passed:, 1, passed:] = self.conv.weight[:, :, 0, 1] * scale[:, None]
-        bias = torch.cat((shift.new_full((passed,), 3.0), shift))  # hsig(3) == 1
-        return FusedChannelGate(weight.flatten(1), bias, passed)
+        weight = self.conv.weight.new_zeros(gated, 2, passed + gated)
+        weight[:, 0, passed:] = self.conv.weight[:, :, 0, 0] * scale[:, None]
+        weight[:, 1, passed:] = self.conv.weight[:, :, 0, 1] * scale[:, None]
+        return FusedChannelGate(weight.flatten(1).t().contiguous(), shift.clone(), passed)
 
 
 class PartialChannelAttn(nn.Module):
