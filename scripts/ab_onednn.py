@@ -6,8 +6,9 @@ Compiled (``--runtime compile``): fp32 products as 1x1 convs, which inductor han
 matrix products, which it hands to MKL (A); each variant is its own compiled graph, called with the rule it was
 traced under (dynamo guards on it). On a GPU (``--device cuda``, eager): the MLP's products as cuDNN 1x1 convs
 (B, ``CUDA_PRODUCTS_AS_CONVS``) against cuBLAS matrix products (A), at ``--batch``, each round's calls timed
-between synchronisations. For each thread count and model, in one process: every round runs PATNet A,
-PATNet B and the deployed FasterNet partner once each, in rotating order (batch 1, 150 timed calls each after 10
+between synchronisations, cuDNN autotuning on (the 4 Dec 2026 run in docs/bench/gpu.md had it off).
+For each thread count and model, in one process: every round runs PATNet A, PATNet B and the deployed
+FasterNet partner once each, in rotating order (batch 1 unless ``--batch``, 150 timed calls each after 10
 warm-up calls, 5-call rounds). Prints a markdown table: median ms, A / FasterNet, B / FasterNet and B / A
 (medians of per-round ratios, the harness's ``summarise``) and the largest relative difference between A's and
 B's outputs.
@@ -107,6 +108,7 @@ def measure(case: str, dtype: str, iters: int, runtime: str, device: str, batch:
     x = torch.randn(batch, chans, size, size).to(device, memory_format=torch.channels_last)
     runs = variants(name, chans, classes, x, dtype, runtime)
     gpu = dict(time_each_call=False, synchronize=torch.cuda.synchronize) if x.is_cuda else {}
+    torch.backends.cudnn.benchmark = x.is_cuda  # as patnet bench times GPUs: cuDNN picks its fastest kernels
     with torch.inference_mode():
         difference = relative_difference(runs["A"](), runs["B"]())
         times = time_alternating(runs, iters=iters, warmup=10, per_round=5, **gpu)
