@@ -99,9 +99,9 @@ class FusedChannelGate(nn.Module):
     their ``C - passed`` values. PyTorch (eager, compiled, TorchScript) asks for that scale
     (:meth:`untouched_scale`); exports take the scale of the whole map (:meth:`forward`), whose passed channels
     get zero columns and a bias of 3, so exactly ``hsig(3) = 1``. Kept sliced and in ``(in, out)`` layout,
-    eager calls run no slicing or transposing. A/B on a Xeon (one process, against slicing and transposing the
-    whole ``(C, 2C)`` matrix per call), one / two threads: patnet_t0 at 64 px 0.964 / 0.981, at 224 px
-    0.972 / 0.979, patnet_t2 0.989 (one thread). The exported graph is unchanged.
+    eager calls run no slicing or transposing. A/B on a Xeon (docs/bench/eager-ab.md, against slicing and
+    transposing the whole ``(C, 2C)`` matrix per call), one / two threads: patnet_t0 at 64 px 0.960 / 0.977,
+    at 224 px 0.968 / 0.971, patnet_t2 0.989 / 0.984. The exported graph is unchanged.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor, passed: int = 0):
@@ -321,19 +321,21 @@ class FusedMlp(nn.Module):
         """Both 1x1 convs as matrix products on the ``(B*H*W, C)`` rows a channels-last map already is (a free
         view in and out). Against the previous deploy form (oneDNN's 1x1 convs on one thread, ``F.linear`` on
         two), A/B on a Xeon, fp32: patnet_t2 at 224 from 0.79 to 0.77 of FasterNet-T2 on one thread and 0.80 to
-        0.76 on two; the 64 px model's tiny maps from 1.19 to 1.22."""
+        0.76 on two; the 64 px model's tiny maps from 1.19 to 1.22. The residual joins the output's map view
+        (the same adds, two layout calls fewer than as rows): A/B on the Xeon against adding it as rows
+        (docs/bench/eager-ab.md), one / two threads: patnet_t0 at 64 px 0.994 / 0.992, at 224 px 0.991 / 0.986,
+        patnet_t2 0.997 / 0.989 (an earlier run: 0.965-0.996)."""
         batch, channels, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-        residual_rows = None if residual is None else residual.permute(0, 2, 3, 1).reshape(rows.shape)
         if not torch.jit.is_scripting():
             if takes_onednn(rows, self.expand_weight):
+                residual_rows = None if residual is None else residual.permute(0, 2, 3, 1).reshape(rows.shape)
                 out = self._in_onednn(rows, residual_rows)
                 return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
         hidden = self.act(torch.addmm(self.expand_bias, rows, self.expand_weight))
         out = torch.addmm(self.project_bias, hidden, self.project_weight)
-        if residual_rows is not None:
-            out = out.add_(residual_rows)
-        return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        out = out.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        return out if residual is None else out.add_(residual)
 
     @torch.jit.unused
     def _in_onednn(self, rows: Tensor, residual_rows: Optional[Tensor]) -> Tensor:
