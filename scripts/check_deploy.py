@@ -18,6 +18,7 @@ import torch
 from patnet.deploy import deploy
 from patnet.device import resolve_device
 from patnet.models import create_model, patnet_variants
+from patnet.runtimes import relative_difference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import randomize_inference_state  # noqa: E402
@@ -29,8 +30,7 @@ SIZES = ((224, 224), (64, 64), (160, 224))
 def relative_error(name: str, device: torch.device, size: tuple[int, int]) -> float:
     model = randomize_inference_state(create_model(name)).eval().to(device)
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
-    reference = model(x)
-    return ((deploy(model)(x) - reference).abs().max() / reference.abs().max()).item()
+    return relative_difference(model(x), deploy(model)(x))
 
 
 def main() -> int:

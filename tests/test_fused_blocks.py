@@ -206,7 +206,6 @@ def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, mi
     assert _relative_error(expected, actual) <= (1e-5 if dtype == torch.float32 else 2e-2)
 
 
-
 class _MapOnCuda:
     """What ``_convs_on_cuda`` reads of a map, for a machine without a GPU."""
 
@@ -223,6 +222,7 @@ def test_cuda_fp32_products_run_as_convs(monkeypatch, dtype, autocast, rule, con
     monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: autocast)
     assert fused_layers._convs_on_cuda(_MapOnCuda(dtype)) is convs
     assert fused_layers._convs_on_cuda(torch.zeros(1, dtype=dtype)) is False
+
 
 def _recording(method, taken: list, name: str):
     def wrapper(self, *args):
