@@ -51,7 +51,10 @@ def _onnx_file(model: nn.Module, example: Tensor, folder: str, purpose: str) -> 
 
 def build_onnxruntime(model, dtype, example, threads, device, form) -> tuple[Forward, Forward]:
     """An ONNX Runtime session on the exported file: CPUExecutionProvider, every graph optimization,
-    ``threads`` intra-op threads (None: all cores), one inter-op thread."""
+    ``threads`` intra-op threads (None: all cores), one inter-op thread, and its workers' spinning stopped when
+    a run ends. Otherwise an idle session's workers keep spinning on the cores another session runs on: on the
+    2-core Xeon, two threads, patnet_t0 and fasternet_t0 timed in alternation took 7.9 and 8.4 ms a call with
+    ORT's default and 4.0 and 4.4 ms so, against 3.6 and 4.0 ms each timed alone (where stopping costs 1-2%)."""
     ort = require("onnxruntime", "the onnxruntime runtime")
     with tempfile.TemporaryDirectory(prefix="patnet-ort-") as folder:
         path = _onnx_file(model, example, folder, "the onnxruntime runtime")
@@ -60,6 +63,7 @@ def build_onnxruntime(model, dtype, example, threads, device, form) -> tuple[For
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = threads or 0
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
