@@ -96,6 +96,19 @@ def test_channel_gate_compiled_form_equals_matrix_product():
     assert torch.equal(F.hardsigmoid(product[:, :passed]), torch.ones(2, passed))  # passed channels stay exact
 
 
+def test_channel_gate_compiled_form_sums_bf16_weights_in_fp32():
+    """A bf16 gate's multiply-and-sum promotes its bf16 weights inside the product: fp32 sums of the bf16 values."""
+    _, fused = _block_pair("pat_ch", False, seed=4)
+    gate = fused.spatial_mixing.gate.to(torch.bfloat16)
+    channels, passed = 48, gate.passed
+    stats = torch.randn(2, 2 * (channels - passed), generator=torch.Generator().manual_seed(4))
+    weight = torch.cat((gate.weight[passed:channels], gate.weight[channels + passed:])).float()
+    with torch.no_grad():
+        summed = gate._products_summed(stats)
+    assert summed.dtype == torch.float32
+    assert _relative_error(torch.addmm(gate.bias.float(), stats, weight), summed) <= 1e-5
+
+
 @pytest.mark.parametrize("graph", ["eager", "compile"])
 def test_channel_gate_untouched_scale_is_the_whole_scale_on_gated_channels(graph, monkeypatch):
     _, fused = _block_pair("pat_ch", False, seed=5)

@@ -69,8 +69,10 @@ def _exporting() -> bool:
 def _summed_products(a: Tensor, b: Tensor, dim: int, keepdim: bool = False) -> Tensor:
     """``(a * b).sum(dim)`` in fp32: the form of a small contraction under ``torch.compile``, where inductor
     fuses it into one kernel with its neighbours; as a matrix product or conv it is a library call that costs
-    more than its arithmetic when one side is a single sample's vector or a single output channel."""
-    return (a.float() * b.float()).sum(dim=dim, keepdim=keepdim)
+    more than its arithmetic when one side is a single sample's vector or a single output channel. ``b`` (a
+    frozen weight) is promoted inside the kernel, not converted first: freezing would fold that conversion
+    into an fp32 copy of a bf16 constant, twice the bytes to read on every call."""
+    return (a.float() * b).sum(dim=dim, keepdim=keepdim)
 
 
 def _as_matrix(layer: nn.Module) -> Tuple[nn.Parameter, nn.Parameter]:
@@ -99,7 +101,7 @@ class FusedChannelGate(nn.Module):
     their ``C - passed`` values. PyTorch (eager, compiled, TorchScript) asks for that scale
     (:meth:`untouched_scale`); exports take the scale of the whole map (:meth:`forward`), whose passed channels
     get zero columns and a bias of 3, so exactly ``hsig(3) = 1``. Kept sliced and in ``(in, out)`` layout,
-    eager calls run no slicing or transposing. A/B on a Xeon (docs/bench/eager-ab.md, against slicing and
+    eager calls run no slicing or transposing. A/B on a Xeon (docs/bench/change-ab.md, against slicing and
     transposing the whole ``(C, 2C)`` matrix per call), one / two threads: patnet_t0 at 64 px 0.960 / 0.977,
     at 224 px 0.968 / 0.971, patnet_t2 0.989 / 0.984. The exported graph is unchanged.
     """
@@ -134,10 +136,14 @@ class FusedChannelGate(nn.Module):
     def _products_summed(self, stats: Tensor) -> Tensor:
         """``[mean, std] W + b`` over the gated channels as a multiply-and-sum (:func:`_summed_products`); the
         frozen weight slices become one constant. A/B on a Xeon, compiled patnet_t2 bf16 0.80 -> 0.77 of
-        FasterNet-T2, T0 0.98 -> 0.93 (against a one-row matrix product); fp32 T0 at 64 px 0.79 -> 0.77."""
+        FasterNet-T2, T0 0.98 -> 0.93 (against a one-row matrix product); fp32 T0 at 64 px 0.79 -> 0.77.
+        The constant is ``W`` transposed, so each output sums along contiguous memory (an inner reduction,
+        which inductor vectorises), and stays bf16 in a bf16 model: compiled bf16 patnet_t2's gate kernels on
+        its 14x14 maps went from 62 to 21 us; whole models, one / two threads (docs/bench/change-ab.md),
+        patnet_t2 0.961 / 0.982 of before, T0 0.991 / 0.983, S 0.987 (one thread), fp32 T0 0.996 / 0.994."""
         channels = self.weight.shape[0] // 2
         matrix = torch.cat((self.weight[self.passed:channels], self.weight[channels + self.passed:]), dim=0)
-        return _summed_products(stats[:, :, None], matrix, dim=1) + self.bias.float()
+        return _summed_products(stats[:, None, :], matrix.t().contiguous(), dim=2) + self.bias.float()
 
 
 class FusedPartialChannelAttn(nn.Module):
@@ -323,7 +329,7 @@ class FusedMlp(nn.Module):
         two), A/B on a Xeon, fp32: patnet_t2 at 224 from 0.79 to 0.77 of FasterNet-T2 on one thread and 0.80 to
         0.76 on two; the 64 px model's tiny maps from 1.19 to 1.22. The residual joins the output's map view
         (the same adds, two layout calls fewer than as rows): A/B on the Xeon against adding it as rows
-        (docs/bench/eager-ab.md), one / two threads: patnet_t0 at 64 px 0.994 / 0.992, at 224 px 0.991 / 0.986,
+        (docs/bench/change-ab.md), one / two threads: patnet_t0 at 64 px 0.994 / 0.992, at 224 px 0.991 / 0.986,
         patnet_t2 0.997 / 0.989 (an earlier run: 0.965-0.996)."""
         batch, channels, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)

@@ -1,0 +1,121 @@
+"""One-process A/B of a change to the deploy form or its exported graph, in any runtime of the regime matrix.
+
+A = the alternative: an emulation of the code before a shipped change, or a candidate measured and not kept;
+B = the shipped code; F = FasterNet. Each is a runner from ``patnet.runtimes.make_runner`` (as in
+``bench_regimes.py``), built and called with its code in force (compiled graphs are traced, and exports
+written, under it); batch 1, 20 warm-up + 400 timed calls each in rotating 5-call rounds; ratios are medians
+of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is):
+
+  gate           before: PAT_ch's eager gate slices the whole (C, 2C) matrix and transposes it on every call
+  residual       before: the MLP's residual is added as (B*H*W, C) rows, not on the output's map view
+  compiled-gate  before: under torch.compile the gate's multiply-and-sum reduces over the outer axis of W and
+                 reads it as an fp32 constant (freezing folds W.float())
+  export-gate    candidate, not kept: the exported gate with ONNX ReduceL2 for the std (1 / sqrt(n - 1) folded
+                 into the weight) and a 4-D 1x1 conv, 99 nodes fewer in patnet_t0 (502 -> 403)
+
+    .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...}
+"""
+import math
+import sys
+
+import timm
+import torch
+import torch.nn.functional as F
+
+import patnet  # noqa: F401
+from patnet.bench.timing import summarise, time_alternating
+from patnet.layers import fused
+from patnet.layers.stats import stacked_mean_std
+from patnet.models import baseline_partner
+from patnet.runtimes import make_runner
+
+
+def gate_before(self, x):
+    if "_before" not in self.__dict__:
+        weight, bias = self.whole()
+        self.__dict__["_before"] = (torch.nn.Parameter(weight.t().contiguous(), requires_grad=False),
+                                    torch.nn.Parameter(bias, requires_grad=False))
+    weight, bias = self.__dict__["_before"]
+    stats = stacked_mean_std(x)
+    return F.hardsigmoid(torch.addmm(bias[self.passed:], stats, weight[self.passed:].t()))[:, :, None, None]
+
+
+def residual_before(self, x, residual):
+    batch, channels, height, width = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    residual_rows = None if residual is None else residual.permute(0, 2, 3, 1).reshape(rows.shape)
+    hidden = self.act(torch.addmm(self.expand_bias, rows, self.expand_weight))
+    out = torch.addmm(self.project_bias, hidden, self.project_weight)
+    if residual_rows is not None:
+        out = out.add_(residual_rows)
+    return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+def summed_products_before(a, b, dim, keepdim=False):
+    return (a.float() * b.float()).sum(dim=dim, keepdim=keepdim)
+
+
+def compiled_gate_before(self, stats):
+    channels = self.weight.shape[0] // 2
+    matrix = torch.cat((self.weight[self.passed:channels], self.weight[channels + self.passed:]), dim=0)
+    return summed_products_before(stats[:, :, None], matrix, dim=1) + self.bias.float()
+
+
+def export_gate_candidate(self, x):
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    norm = torch.linalg.vector_norm(x - mean, dim=(2, 3), keepdim=True)
+    weight, bias = self.whole()
+    channels = weight.shape[1]
+    rows = torch.cat((weight[:channels], weight[channels:] / math.sqrt(max(x.shape[2] * x.shape[3] - 1, 1))))
+    return F.hardsigmoid(F.conv2d(torch.cat((mean, norm), dim=1), fused._as_conv_weight(rows), bias))
+
+
+CHANGES = {
+    "gate": [(fused.FusedChannelGate, "untouched_scale", gate_before)],
+    "residual": [(fused.FusedMlp, "_on_rows", residual_before)],
+    "compiled-gate": [(fused.FusedChannelGate, "_products_summed", compiled_gate_before),
+                      (fused, "_summed_products", summed_products_before)],
+    "export-gate": [(fused.FusedChannelGate, "forward", export_gate_candidate)],
+}
+
+
+def under(patches, work):
+    """``work`` as a callable that runs with each ``(owner, attribute, value)`` of ``patches`` in force."""
+    def call():
+        kept = [getattr(owner, name) for owner, name, _ in patches]
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        try:
+            return work()
+        finally:
+            for (owner, name, _), value in zip(patches, kept):
+                setattr(owner, name, value)
+    return call
+
+
+def main() -> None:
+    change, runtime, dtype, threads, case = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    torch.set_num_threads(threads)
+    size, chans, classes, name = (64, 1, 10, "patnet_t0") if case == "64" else (224, 3, 1000, case)
+    model = timm.create_model(name, num_classes=classes, in_chans=chans).eval()
+    partner = timm.create_model(baseline_partner(name), num_classes=classes, in_chans=chans).eval()
+    x = torch.randn(1, chans, size, size)
+    codes = {"A": CHANGES[change], "B": []}
+    runners = {key: under(patches, lambda: make_runner(model, runtime, dtype, x, threads))()
+               for key, patches in codes.items()}
+    runners["F"] = make_runner(partner, runtime, dtype, x, threads)
+    ready = runners["F"].prepare(x)
+    runs = {key: under(codes.get(key, []), lambda runner=runner: runner(ready)) for key, runner in runners.items()}
+    with torch.inference_mode():
+        diff = (runs["A"]() - runs["B"]()).abs().max().item()
+        times = time_alternating(runs, iters=400, warmup=20, per_round=5)
+    stats, against = summarise(times, {"A": "F", "B": "F"})
+    _, new_old = summarise(times, {"B": "A"})
+    ms = " | ".join(f"{stats[k].median_ms:.3f}" for k in "ABF")
+    ratio = new_old["B"]
+    print(f"| {name} | {size} | {runtime} {dtype} | {threads} | {ms} | {against['A'].median:.3f} | "
+          f"{against['B'].median:.3f} | {ratio.median:.3f} ({ratio.p10:.3f}-{ratio.p90:.3f}) | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
