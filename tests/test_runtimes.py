@@ -25,6 +25,7 @@ from patnet.runtimes import (
     input_channels,
     make_runner,
     native_bf16,
+    onnxruntime_options,
     relative_difference,
     unsupported_reason,
 )
@@ -191,6 +192,14 @@ def test_a_runtime_that_computes_wrongly_is_caught(monkeypatch):
     message = r"onnxruntime fp32 output differs from eager fp32 by \S+ of its scale \(allowed 1e-04\)"
     with pytest.raises(OutputMismatchError, match=message):
         make_runner(small("fasternet_t0"), "onnxruntime", "fp32", batch(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("threads, intra", [(1, 1), (2, 2), (None, 0)])
+def test_onnxruntime_sessions_stop_spinning_between_runs(threads, intra):
+    """An idle session's workers must not spin on the cores another session (the alternated partner) runs on."""
+    options = onnxruntime_options(threads)
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (intra, 1)
 
 
 def test_input_channels():

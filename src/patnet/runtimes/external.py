@@ -49,22 +49,28 @@ def _onnx_file(model: nn.Module, example: Tensor, folder: str, purpose: str) -> 
     return export_onnx(model, Path(folder) / "model.onnx", _numpy_ready(example)).path
 
 
+def onnxruntime_options(threads: int | None):
+    """Session settings: every graph optimization, ``threads`` intra-op threads (None: all cores), one inter-op
+    thread, and the workers' spinning stopped when a run ends. Otherwise an idle session's workers keep spinning
+    on the cores another session runs on: on the 2-core Xeon, two threads, patnet_t0 and fasternet_t0 timed in
+    alternation took 7.9 and 8.4 ms a call with ORT's default and 4.0 and 4.4 ms so, against 3.6 and 4.0 ms each
+    timed alone (where stopping costs 1-2%)."""
+    ort = require("onnxruntime", "the onnxruntime runtime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
 def build_onnxruntime(model, dtype, example, threads, device, form) -> tuple[Forward, Forward]:
-    """An ONNX Runtime session on the exported file: CPUExecutionProvider, every graph optimization,
-    ``threads`` intra-op threads (None: all cores), one inter-op thread, and its workers' spinning stopped when
-    a run ends. Otherwise an idle session's workers keep spinning on the cores another session runs on: on the
-    2-core Xeon, two threads, patnet_t0 and fasternet_t0 timed in alternation took 7.9 and 8.4 ms a call with
-    ORT's default and 4.0 and 4.4 ms so, against 3.6 and 4.0 ms each timed alone (where stopping costs 1-2%)."""
+    """An ONNX Runtime CPUExecutionProvider session on the exported file, with :func:`onnxruntime_options`."""
     ort = require("onnxruntime", "the onnxruntime runtime")
     with tempfile.TemporaryDirectory(prefix="patnet-ort-") as folder:
         path = _onnx_file(model, example, folder, "the onnxruntime runtime")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), onnxruntime_options(threads), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def forward(x: Tensor) -> Tensor:
