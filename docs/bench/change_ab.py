@@ -12,6 +12,10 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  reads it as an fp32 constant (freezing folds W.float())
   export-gate    candidate, not kept: the exported gate with ONNX ReduceL2 for the std (1 / sqrt(n - 1) folded
                  into the weight) and a 4-D 1x1 conv, 99 nodes fewer in patnet_t0 (502 -> 403)
+  pool-stats     candidate, not kept: the exported gate's mean and variance as GlobalAveragePool, not ReduceMean
+  expand-conv    candidate, not kept: compiled bf16 runs the MLP's expand as a oneDNN 1x1 conv (GELU fused there)
+  onednn-gelu    candidate, not kept: compiled bf16 GELU MLPs call oneDNN's linear with GELU fused for the expand
+  explicit-attn  candidate, not kept: attention as matmul, softmax, matmul instead of fused SDPA (PyTorch's form)
 
     .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...}
 """
@@ -70,12 +74,63 @@ def export_gate_candidate(self, x):
     return F.hardsigmoid(F.conv2d(torch.cat((mean, norm), dim=1), fused._as_conv_weight(rows), bias))
 
 
+def pool_stats_candidate(self, x):
+    mean = F.adaptive_avg_pool2d(x, 1)
+    count = x.shape[2] * x.shape[3]
+    variance = F.adaptive_avg_pool2d((x - mean).square(), 1)
+    stats = torch.cat((mean, torch.sqrt(variance * (count / max(count - 1, 1)))), dim=1).flatten(1)
+    weight, bias = self.whole()
+    return F.hardsigmoid(torch.addmm(bias, stats, weight))[:, :, None, None]
+
+
+SHIPPED_ON_ROWS = fused.FusedMlp._on_rows
+
+
+def _rows_then_project(self, hidden, shape, residual):
+    batch, _, height, width = shape
+    out = torch.addmm(self.project_bias, hidden, self.project_weight).view(batch, height, width, -1)
+    out = out.permute(0, 3, 1, 2)
+    return out if residual is None else out + residual
+
+
+def expand_conv_candidate(self, x, residual):
+    if not (fused._compiling() and x.dtype == torch.bfloat16):
+        return SHIPPED_ON_ROWS(self, x, residual)
+    hidden = self.act(F.conv2d(x, fused._as_conv_weight(self.expand_weight), self.expand_bias))
+    return _rows_then_project(self, hidden.permute(0, 2, 3, 1).flatten(0, 2), x.shape, residual)
+
+
+def onednn_gelu_candidate(self, x, residual):
+    if not (fused._compiling() and x.dtype == torch.bfloat16 and isinstance(self.act, torch.nn.GELU)):
+        return SHIPPED_ON_ROWS(self, x, residual)
+    rows = x.permute(0, 2, 3, 1).flatten(0, 2)
+    hidden = torch.ops.mkldnn._linear_pointwise(rows, self.expand_weight.t().contiguous(), self.expand_bias,
+                                                "gelu", [], "none")
+    return _rows_then_project(self, hidden, x.shape, residual)
+
+
+def explicit_attn_candidate(self, untouched):
+    batch, _, height, width = untouched.shape
+    length = height * width
+    tokens = F.layer_norm(untouched.flatten(2).transpose(1, 2), (self.untouched_dim,), eps=self.eps)
+    qkv = self._product(tokens.reshape(batch * length, self.untouched_dim), self.qkv_weight, self.qkv_bias)
+    q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    logits = torch.matmul(q, k.transpose(-1, -2)).float() + self.attention_bias(height, width).float()
+    out = torch.matmul(logits.softmax(-1).to(v.dtype), v).transpose(1, 2).reshape(batch * length, self.untouched_dim)
+    out = self._product(out, self.proj_weight, self.proj_bias)
+    return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
+
+
 CHANGES = {
     "gate": [(fused.FusedChannelGate, "untouched_scale", gate_before)],
     "residual": [(fused.FusedMlp, "_on_rows", residual_before)],
     "compiled-gate": [(fused.FusedChannelGate, "_products_summed", compiled_gate_before),
                       (fused, "_summed_products", summed_products_before)],
     "export-gate": [(fused.FusedChannelGate, "forward", export_gate_candidate)],
+    "pool-stats": [(fused.FusedChannelGate, "forward", pool_stats_candidate)],
+    "expand-conv": [(fused.FusedMlp, "_on_rows", expand_conv_candidate)],
+    "onednn-gelu": [(fused.FusedMlp, "_on_rows", onednn_gelu_candidate)],
+    "explicit-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", explicit_attn_candidate)],
 }
 
 
