@@ -8,7 +8,12 @@ in OpenVINO in f32 and (where the CPU has native bf16) bf16:
 - ONNX Runtime with its own profiler on the exported graph: each kernel's time is charged to the block its node
   name comes from (FasterNet's export keeps no module paths in its node names, so only its totals compare);
 - OpenVINO with its performance counters on the same exported graph, charged the same way (its fused
-  "Subgraph" kernels count as non-GEMM even where they hold a small matrix product, e.g. attention's).
+  "Subgraph" kernels count as non-GEMM even where they hold a small matrix product, e.g. attention's);
+- ``torch.compile`` in fp32 and (where native) bf16, compiled as the regime matrix compiles (``make_runner``) but
+  with the Python wrapper and inductor's kernel profiling on, so each generated kernel is a profiler event:
+  inductor's kernels carry no module path, so each model's time is one part, split into GEMM work (oneDNN
+  convs and linears, the C++ GEMM template's kernels) and the rest (its fused element-wise and reduction
+  kernels, attention, the wrapper's own time), with the kernels by name.
 
 Operators are split into GEMM work (convolutions, matrix products, linear layers) and everything else
 (statistics, gates, activations, concatenations, copies, softmax, ...), and each runtime also gets the model's
@@ -27,12 +32,14 @@ the kernels it launched itself (torch.profiler's self device time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from unittest import mock
 
 import timm
 import torch
@@ -44,7 +51,8 @@ from patnet.bench.report import machine_info
 from patnet.deploy import deploy, fold_sequential_conv_bn
 from patnet.export import export_onnx
 from patnet.fileio import write_text_atomic
-from patnet.runtimes import FP32_RTOL, describe_cpu, native_bf16, relative_difference
+from patnet.runtimes import FP32_RTOL, describe_cpu, make_runner, native_bf16, relative_difference
+from patnet.runtimes import runner as runners
 from patnet.runtimes.external import openvino_config
 
 CASES = [("patnet_t2", "fasternet_t2", (3, 224, 224), 1000), ("patnet_t0", "fasternet_t0", (3, 224, 224), 1000),
@@ -54,6 +62,7 @@ BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)")
 STAGE_PART = re.compile(r"stages\.(\d+)\.(downsample)")
 ONNX_BLOCK = re.compile(r"stages\.(\d+)/blocks/blocks\.(\d+)/")  # exported names: /stages/stages.2/blocks/blocks.1/...
 ONNX_STAGE_PART = re.compile(r"stages\.(\d+)/(downsample)/")
+KERNEL_NAME = re.compile(r"^graph_\d+_|_\d+$")  # inductor's graph prefix and kernel counter
 TOP_OPERATORS = 12
 
 
@@ -195,6 +204,40 @@ def openvino_profile(model: nn.Module, x: torch.Tensor, calls: int, precision: s
     return charges
 
 
+SHIPPED_COMPILE_SETTINGS = runners._compile_settings
+
+
+@contextlib.contextmanager
+def _profiled_compile_settings(dtype: str, device: torch.device):
+    """``make_runner``'s compile settings, with the Python wrapper and inductor's per-kernel profiler ranges."""
+    import torch._inductor.config as inductor_config
+
+    with SHIPPED_COMPILE_SETTINGS(dtype, device), inductor_config.patch(
+            {"cpp_wrapper": False, "cpp.enable_kernel_profile": True}):
+        yield
+
+
+def compile_profile(name: str, x: torch.Tensor, classes: int, calls: int, precision: str) -> Charges:
+    """The split from torch.profiler's self times on ``name`` compiled as the regime matrix compiles it."""
+    model = timm.create_model(name, num_classes=classes, in_chans=x.shape[1]).eval()
+    with mock.patch.object(runners, "_compile_settings", _profiled_compile_settings):
+        run = make_runner(model, "compile", precision, x, threads=1)
+        ready = run.prepare(x)
+        for _ in range(3):
+            run(ready)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                run(ready)
+    charges = Charges(calls)
+    for event in prof.events():
+        if event.self_cpu_time_total > 0:
+            kernel = KERNEL_NAME.sub("", event.name)[:72]
+            kind_name = "" if kernel.startswith(("cpp_fused", "## Call")) else kernel
+            charges.add("compiled graph (kernels carry no module path)", kernel, kind_name,
+                        event.self_cpu_time_total / 1e3)
+    return charges
+
+
 def onnx_group(node: str, labels: dict[str, str]) -> str:
     """The group of an ONNX node from the module path its exported name carries."""
     for pattern in (ONNX_BLOCK, ONNX_STAGE_PART):
@@ -260,8 +303,11 @@ def profile_case(name: str, x: torch.Tensor, classes: int, calls: int) -> dict:
     model = deploy_form(name, x, classes)
     profiles = {"eager fp32": summarise_charges(eager_profile(model, x, calls)),
                 "onnxruntime fp32": summarise_charges(ort_profile(model, x, calls))}
-    for precision in ("fp32", "bf16") if native_bf16("cpu") else ("fp32",):
+    precisions = ("fp32", "bf16") if native_bf16("cpu") else ("fp32",)
+    for precision in precisions:
         profiles[f"openvino {precision}"] = summarise_charges(openvino_profile(model, x, calls, precision))
+    for precision in precisions:
+        profiles[f"compile {precision}"] = summarise_charges(compile_profile(name, x, classes, calls, precision))
     return profiles
 
 
@@ -316,7 +362,10 @@ def header_lines(calls: int, gpu: bool, batch: int) -> list[str]:
             "Profilers add overhead to small operators: read the split, not the absolute times.",
             "- Each model is profiled once, not in alternation: on a shared machine whole-model times drift between "
             "runs (OpenVINO's GEMM totals differed by up to 2x between two runs on the 2-core Xeon here, its "
-            "non-GEMM totals by under 25%); ratios belong to `bench_regimes.py`.", ""]
+            "non-GEMM totals by under 25%); ratios belong to `bench_regimes.py`.",
+            "- `compile` sections run inductor's Python wrapper so that its kernels show (the regime matrix runs "
+            "the C++ wrapper): the wrapper's own time (`## Call CompiledFxGraph`) and dynamo's guard check count as "
+            "non-GEMM there, for both models; read the kernels.", ""]
 
 
 def main() -> None:
