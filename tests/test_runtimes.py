@@ -122,6 +122,14 @@ def test_bf16_message_names_the_missing_flags(monkeypatch):
     assert describe_cpu().endswith("(avx2; no avx512f, avx512_bf16, amx_bf16)")
 
 
+def test_cpu_model_names_family_and_model_where_cpuinfo_has_them(monkeypatch):
+    fields = {"model name": "AMD EPYC", "cpu family": "26", "model\t": "2"}
+    monkeypatch.setattr(hardware, "_cpuinfo_field", fields.get)
+    assert hardware.cpu_model() == "AMD EPYC, family 26 model 2"
+    monkeypatch.setattr(hardware, "_cpuinfo_field", {"model name": "AMD EPYC"}.get)
+    assert hardware.cpu_model() == "AMD EPYC"
+
+
 @pytest.mark.parametrize("vendor, slow", [("AuthenticAMD", True), ("GenuineIntel", False), (None, False)])
 def test_mkl_gemm_is_slow_on_amd_only(monkeypatch, vendor, slow):
     monkeypatch.setattr(hardware, "_cpuinfo_field", lambda field: vendor if field == "vendor_id" else None)

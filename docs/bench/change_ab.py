@@ -16,6 +16,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   expand-conv    candidate, not kept: compiled bf16 runs the MLP's expand as a oneDNN 1x1 conv (GELU fused there)
   onednn-gelu    candidate, not kept: compiled bf16 GELU MLPs call oneDNN's linear with GELU fused for the expand
   explicit-attn  candidate, not kept: attention as matmul, softmax, matmul instead of fused SDPA (PyTorch's form)
+  bf16-convs     candidate: compiled bf16 takes the exported graph's conv form (MLP products as oneDNN 1x1
+                 convs, attention channels-first) as compiled fp32 does where MKL is slow
 
     .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...}
 """
@@ -121,6 +123,15 @@ def explicit_attn_candidate(self, untouched):
     return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
 
 
+SHIPPED_CONVS_WHEN_COMPILED = fused._convs_when_compiled
+
+
+def bf16_convs_candidate(x, matrix):
+    if fused._compiling() and x.dtype == torch.bfloat16:
+        return x.shape[0] * x.shape[2] * x.shape[3] * matrix.shape[0] * matrix.shape[1] >= fused.MIN_MACS
+    return SHIPPED_CONVS_WHEN_COMPILED(x, matrix)
+
+
 CHANGES = {
     "gate": [(fused.FusedChannelGate, "untouched_scale", gate_before)],
     "residual": [(fused.FusedMlp, "_on_rows", residual_before)],
@@ -131,6 +142,7 @@ CHANGES = {
     "expand-conv": [(fused.FusedMlp, "_on_rows", expand_conv_candidate)],
     "onednn-gelu": [(fused.FusedMlp, "_on_rows", onednn_gelu_candidate)],
     "explicit-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", explicit_attn_candidate)],
+    "bf16-convs": [(fused, "_convs_when_compiled", bf16_convs_candidate)],
 }
 
 
