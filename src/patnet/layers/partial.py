@@ -30,6 +30,38 @@ def split_channels(dim: int, n_div: int) -> tuple[int, int]:
     return conv_dim, dim - conv_dim
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """The identity, whose backward hands on its incoming gradient made contiguous."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
+@torch.jit.unused
+def _contiguous_grad_function(x: Tensor) -> Tensor:
+    return _ContiguousGrad.apply(x)
+
+
+def contiguous_grad(x: Tensor) -> Tensor:
+    """``x``, with its gradient made contiguous on the way back (eager training only; TorchScript and
+    ``torch.compile`` get ``x``).
+
+    For a BatchNorm whose output is concatenated with other channels: ``torch.cat``'s backward hands each input
+    a strided slice of the output's gradient, on which ATen's BatchNorm backward takes a slow path (bf16, AMD EPYC
+    Zen 5, two threads, batch 128: a 96x4x4 BN forward and backward 0.20 ms with a contiguous gradient, 0.99 ms
+    with the slice; fp32 0.52 against 0.60). One copy of the slice costs less."""
+    if torch.jit.is_scripting():
+        return x
+    if not x.requires_grad or torch.compiler.is_compiling():
+        return x
+    return _contiguous_grad_function(x)
+
+
 class PartialConv(nn.Module):
     """PConv: ``[conv3x3(x[:, :Cp]), x[:, Cp:]]``."""
 
@@ -86,7 +118,8 @@ class PartialChannelAttn(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
-        return torch.cat((self.conv(convolved), self.norm(untouched * self.gate(untouched))), dim=1)
+        gated = contiguous_grad(self.norm(untouched * self.gate(untouched)))
+        return torch.cat((self.conv(convolved), gated), dim=1)
 
     @torch.no_grad()
     def fuse_into(self, next_conv: nn.Conv2d) -> FusedPartialChannelAttn:
@@ -174,7 +207,7 @@ class PartialSpatialAttn(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         attended, convolved = torch.split(x, [self.attn_dim, self.conv_dim], dim=1)
-        attended = self.gate_norm(attended * F.hardsigmoid(self.gate_conv(attended)))
+        attended = contiguous_grad(self.gate_norm(attended * F.hardsigmoid(self.gate_conv(attended))))
         return torch.cat((attended, self.conv(self.pre_norm(convolved))), dim=1)
 
     @torch.no_grad()
