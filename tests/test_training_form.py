@@ -6,20 +6,22 @@ from patnet.layers import partial
 from patnet.layers.partial import PartialChannelAttn, PartialSpatialAttn, contiguous_grad
 
 
-def _gradient_layout(monkeypatch, undone: bool) -> bool:
+def _gradient_layout(monkeypatch, undone: bool, memory_format=torch.contiguous_format) -> bool:
     if undone:
         monkeypatch.setattr(partial, "contiguous_grad", lambda x: x)
     seen = []
-    mid = torch.randn(2, 3, 4, 4, requires_grad=True) * 1.0
-    mid.register_hook(lambda grad: seen.append(grad.is_contiguous()))
-    out = torch.cat((torch.zeros(2, 1, 4, 4), partial.contiguous_grad(mid)), dim=1)
-    out.sum().backward()
+    mid = torch.randn(2, 3, 4, 4, requires_grad=True).to(memory_format=memory_format) * 1.0
+    mid.register_hook(lambda grad: seen.append(grad.is_contiguous(memory_format=memory_format)))
+    zeros = torch.zeros(2, 1, 4, 4).to(memory_format=memory_format)
+    out = torch.cat((zeros, partial.contiguous_grad(mid)), dim=1)
+    (out * torch.randn(out.shape).to(memory_format=memory_format)).sum().backward()
     return seen[0]
 
 
-def test_contiguous_grad_hands_on_a_contiguous_gradient(monkeypatch):
-    assert _gradient_layout(monkeypatch, undone=False)
-    assert not _gradient_layout(monkeypatch, undone=True)  # torch.cat's backward hands on a strided slice
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_contiguous_grad_hands_on_a_contiguous_gradient(monkeypatch, memory_format):
+    assert _gradient_layout(monkeypatch, undone=False, memory_format=memory_format)
+    assert not _gradient_layout(monkeypatch, undone=True, memory_format=memory_format)  # cat hands on a slice
 
 
 def test_contiguous_grad_is_the_identity_forward_and_backward():

@@ -31,15 +31,17 @@ def split_channels(dim: int, n_div: int) -> tuple[int, int]:
 
 
 class _ContiguousGrad(torch.autograd.Function):
-    """The identity, whose backward hands on its incoming gradient made contiguous."""
+    """The identity, whose backward hands on its incoming gradient made contiguous in the input's memory format."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        return grad.contiguous()
+        return grad.contiguous(memory_format=ctx.memory_format)
 
 
 @torch.jit.unused
@@ -48,8 +50,8 @@ def _contiguous_grad_function(x: Tensor) -> Tensor:
 
 
 def contiguous_grad(x: Tensor) -> Tensor:
-    """``x``, with its gradient made contiguous on the way back (eager training only; TorchScript and
-    ``torch.compile`` get ``x``).
+    """``x``, with its gradient made contiguous (in ``x``'s memory format) on the way back (eager training only;
+    TorchScript and ``torch.compile`` get ``x``).
 
     For a BatchNorm whose output is concatenated with other channels: ``torch.cat``'s backward hands each input
     a strided slice of the output's gradient, on which ATen's BatchNorm backward takes a slow path (AMD EPYC
