@@ -135,10 +135,11 @@ def test_spatial_gate_compiled_form_equals_conv():
     assert _relative_error(convolved, summed) <= 1e-5
 
 
+@pytest.mark.parametrize("summed", [False, True])
 @pytest.mark.parametrize("size", [(1, 1), (1, 5), (8, 8)])
-def test_spatial_statistics_match_torch(size):
+def test_spatial_statistics_match_torch(size, summed):
     x = torch.randn(2, 5, *size, dtype=torch.float64)
-    mean, std = spatial_mean_std(x)
+    mean, std = spatial_mean_std(x, summed=summed)
     assert mean.shape == std.shape == (2, 5, 1, 1)
     torch.testing.assert_close(mean.flatten(), x.mean(dim=(2, 3)).flatten())
     if size[0] * size[1] > 1:
@@ -158,6 +159,18 @@ def test_stacked_statistics_equal_spatial_statistics(size, batch, channels_last)
         assert stacked.shape == (batch, 60)
         torch.testing.assert_close(stacked, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled_mean_std(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_summed_statistics_have_the_mean_forms_values_and_gradients():
+    x = torch.randn(4, 6, 5, 3, requires_grad=True)
+    weights = torch.randn(2, 4, 6, 1, 1)
+    results = []
+    for summed in (False, True):
+        mean, std = spatial_mean_std(x, summed=summed)
+        (grad,) = torch.autograd.grad((mean * weights[0] + std * weights[1]).sum(), x)
+        results.append((mean, std, grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_stacked_statistics_keep_dtype_and_gradients():

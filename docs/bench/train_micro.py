@@ -3,7 +3,8 @@
 - a BatchNorm's forward and backward with a contiguous gradient and with a strided channel slice of a wider
   gradient (what ``torch.cat``'s backward hands its inputs), fp32 and bf16;
 - the gate's multiply and the spatial statistics, forward and backward, on a bf16 channel slice as they run,
-  and with an fp32 detour (cast in, compute, cast out).
+  and with an fp32 detour (cast in, compute, cast out);
+- the statistics' forward and backward with means and with sums divided by the count (``summed=True``).
 
     .venv/bin/python docs/bench/train_micro.py
 """
@@ -52,7 +53,18 @@ def broadcast_detour() -> None:
               f"statistics {stats:.0f} us, fp32 detour {stats_fp32:.0f} us")
 
 
+def summed_statistics() -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        for channels, side in ((128, 4), (64, 8), (32, 16), (16, 32)):
+            x = torch.randn(BATCH, channels, side, side, dtype=dtype, requires_grad=True)
+            times = [microseconds(lambda summed=summed: sum(
+                s.sum() for s in spatial_mean_std(x[:, channels // 4:], summed=summed)).backward())
+                for summed in (False, True)]
+            print(f"statistics {dtype} {channels}x{side}x{side}: means {times[0]:.0f} us, sums {times[1]:.0f} us")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     batchnorm_gradient_layout()
     broadcast_detour()
+    summed_statistics()

@@ -93,7 +93,7 @@ class GaussianChannelGate(nn.Module):
             raise InvalidValueError(
                 "PAT_ch's gate normalises per-sample statistics with BatchNorm, which needs a batch of at "
                 "least 2 in training mode; use a larger batch (drop_last=True) or call model.eval()")
-        stats = torch.cat(spatial_mean_std(x), dim=3)  # (B, C, 1, 2)
+        stats = torch.cat(spatial_mean_std(x, summed=True), dim=3)  # (B, C, 1, 2)
         return F.hardsigmoid(self.norm(self.conv(stats)))
 
     @torch.no_grad()
