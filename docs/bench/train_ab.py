@@ -25,6 +25,8 @@ from patnet.models import baseline_partner, create_model
 SHIPPED_MEAN_STD = partial.spatial_mean_std
 CHANGES = {"contiguous-grad": [(partial, "contiguous_grad", lambda x: x)],
            "summed-stats": [(partial, "spatial_mean_std", lambda x, summed=False: SHIPPED_MEAN_STD(x))]}
+
+
 def trainer(name: str, compiled: bool, bf16: bool, size: int, batch: int):
     """One AdamW training step of ``name`` per call, cycling over four fixed random batches."""
     torch.manual_seed(0)

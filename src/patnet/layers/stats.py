@@ -22,14 +22,17 @@ def spatial_mean_std(x: Tensor, summed: bool = False) -> tuple[Tensor, Tensor]:
     1.3x slower at 4x4. Whole training steps: docs/bench/training.md. The deploy form's graphs (exports) keep
     the means: ReduceMean is one node, a sum and a division two.
     """
+    count = x.shape[2] * x.shape[3]
+    mean = _spatial_average(x, count, summed)
+    variance = _spatial_average((x - mean).square(), count, summed)
+    return mean, _unbiased_std(variance, count)
+
+
+def _spatial_average(x: Tensor, count: int, summed: bool) -> Tensor:
+    """The mean of ``x`` over H and W, ``(B, C, 1, 1)``: a sum divided by ``count`` when ``summed``."""
     if summed:
-        count = x.shape[2] * x.shape[3]
-        mean = x.sum(dim=(2, 3), keepdim=True) / count
-        variance = (x - mean).square().sum(dim=(2, 3), keepdim=True) / count
-        return mean, _unbiased_std(variance, count)
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    variance = (x - mean).square().mean(dim=(2, 3), keepdim=True)
-    return mean, _unbiased_std(variance, x.shape[2] * x.shape[3])
+        return x.sum(dim=(2, 3), keepdim=True) / count
+    return x.mean(dim=(2, 3), keepdim=True)
 
 
 def _unbiased_std(variance: Tensor, count: int) -> Tensor:
