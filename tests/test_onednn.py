@@ -1,10 +1,12 @@
-"""Eager inference's oneDNN linears: taken exactly where intended, equal to torch.addmm and the training form,
-packed again when the weights change, and never in the way of copies, gradients or TorchScript."""
+"""Eager inference's oneDNN linears and partial convs: taken exactly where intended, equal to torch.addmm,
+F.conv2d and the training form, packed again when the weights change, and never in the way of copies, gradients
+or TorchScript."""
 import copy
 
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from helpers import randomize_inference_state
 from torch import nn
 
@@ -12,11 +14,12 @@ import patnet  # noqa: F401
 import patnet.layers.onednn as onednn
 from patnet.deploy import deploy
 from patnet.export import script
-from patnet.layers.fused import FusedMlp
-from patnet.layers.onednn import PackedMatrix, post_op, takes_onednn
+from patnet.layers.fused import FusedMlp, _PartialMixer
+from patnet.layers.onednn import PackedConv, PackedMatrix, post_op, takes_onednn, takes_onednn_conv
 from patnet.runtimes.runner import relative_difference
 
-needs_kernel = pytest.mark.skipif(not onednn.HAS_KERNEL, reason="this torch build has no oneDNN linear")
+needs_kernel = pytest.mark.skipif(not (onednn.HAS_KERNEL and onednn.HAS_CONV_KERNEL),
+                                  reason="this torch build has no oneDNN linear or conv")
 
 
 @pytest.fixture
@@ -43,6 +46,42 @@ def test_takes_onednn_not_with_gradients(mkl_is_slow):
     assert not takes_onednn(rows, matrix)
     with torch.no_grad():
         assert takes_onednn(rows, matrix)
+
+
+def channel_slice(batch: int, channels: int, size: int, dtype=torch.float32) -> torch.Tensor:
+    """The first ``channels`` of a channels-last map twice as wide, as a partial mixer's conv sees them."""
+    full = torch.randn(batch, 2 * channels, size, size + 1, generator=torch.Generator().manual_seed(size))
+    return full.to(dtype).contiguous(memory_format=torch.channels_last)[:, :channels]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype, fp32_rule, size, channels_last, expected", [
+    (torch.float32, True, 30, True, True),      # 30 x 31 x 32 x 32 x 9 multiply-adds: over MIN_MACS
+    (torch.float32, True, 30, False, False),    # an NCHW map keeps F.conv2d (and its output's layout)
+    (torch.float32, False, 30, True, False),    # fp32 where MKL is fast (Intel)
+    (torch.float32, True, 8, True, False),      # under MIN_MACS (patnet_t0's convs, and the 64 px model's)
+    (torch.bfloat16, False, 30, True, True),    # bf16 everywhere
+])
+def test_takes_onednn_conv_by_layout_dtype_and_size(monkeypatch, dtype, fp32_rule, size, channels_last, expected):
+    monkeypatch.setattr(onednn, "FP32_TAKES_ONEDNN", fp32_rule)
+    x = channel_slice(1, 32, size, dtype)
+    if not channels_last:
+        x = x.contiguous()
+    assert takes_onednn_conv(x, torch.zeros(32, 32, 3, 3, dtype=dtype)) is expected
+    x.requires_grad_(True)
+    assert not takes_onednn_conv(x, torch.zeros(32, 32, 3, 3, dtype=dtype))
+
+
+@needs_kernel
+def test_packed_conv_equals_conv2d_at_any_shape_and_follows_changed_weights():
+    packed, weight = PackedConv(), torch.randn(16, 16, 3, 3, generator=torch.Generator().manual_seed(1))
+    for batch, size in ((1, 14), (2, 5), (1, 1), (3, 9)):  # packed for the first shape, right for every other
+        x = channel_slice(batch, 16, size)
+        actual = packed.conv(x, weight)
+        assert actual.is_contiguous(memory_format=torch.channels_last)
+        assert relative_difference(F.conv2d(x, weight, padding=1), actual) <= 1e-6
+    weight.mul_(2)  # an in-place write bumps the version: packed again
+    torch.testing.assert_close(packed.conv(x, weight), F.conv2d(x, weight, padding=1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("act", [nn.GELU(), nn.GELU(approximate="tanh"), nn.ReLU(inplace=True), nn.SiLU(), None])
@@ -83,9 +122,9 @@ def test_deploy_form_through_onednn_equals_training_form(mkl_is_slow, monkeypatc
     deployed = deploy(model)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
     calls = []
-    for method in ("product", "product_plus"):
-        original = getattr(PackedMatrix, method)
-        monkeypatch.setattr(PackedMatrix, method,
+    for owner, method in ((PackedMatrix, "product"), (PackedMatrix, "product_plus"), (PackedConv, "conv")):
+        original = getattr(owner, method)
+        monkeypatch.setattr(owner, method,
                             lambda self, *args, method=method, original=original: calls.append(method) or original(
                                 self, *args))
     with torch.no_grad():
@@ -94,7 +133,8 @@ def test_deploy_form_through_onednn_equals_training_form(mkl_is_slow, monkeypatc
     ungated = sum(isinstance(m, FusedMlp) and not m.spatially_gated for m in deployed.modules())
     assert ungated == (0 if name == "patnet_t1" else blocks)  # patnet_t1 has PAT_sp after every MLP
     assert calls.count("product_plus") == ungated  # the second product adds the block's residual
-    assert len(calls) == 2 * blocks + 2 * stage4  # two per MLP, qkv and proj per stage-4 block
+    assert calls.count("conv") == blocks  # every partial mixer's 3x3 conv
+    assert len(calls) == 3 * blocks + 2 * stage4  # two products per MLP, qkv and proj per stage-4 block
     assert relative_difference(expected, actual) <= 1e-5
 
 
@@ -106,6 +146,7 @@ def test_deployed_model_copies_scripts_and_trains_after_packing(mkl_is_slow, mon
     with torch.no_grad():
         expected = deployed(x)
     assert any(m._expand_packed._packed is not None for m in deployed.modules() if isinstance(m, FusedMlp))
+    assert any(m._conv_packed._packed is not None for m in deployed.modules() if isinstance(m, _PartialMixer))
     twin = copy.deepcopy(deployed)  # packed tensors have no storage: copies start empty and pack again
     scripted = script(deployed)
     with torch.no_grad():

@@ -18,6 +18,7 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   explicit-attn  candidate, not kept: attention as matmul, softmax, matmul instead of fused SDPA (PyTorch's form)
   bf16-convs     candidate: compiled bf16 takes the exported graph's conv form (MLP products as oneDNN 1x1
                  convs, attention channels-first) as compiled fp32 does where MKL is slow
+  unpacked-convs before: eager partial 3x3 convs through F.conv2d, not oneDNN's conv with a packed weight
 
     .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...}
 """
@@ -143,6 +144,7 @@ CHANGES = {
     "onednn-gelu": [(fused.FusedMlp, "_on_rows", onednn_gelu_candidate)],
     "explicit-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", explicit_attn_candidate)],
     "bf16-convs": [(fused, "_convs_when_compiled", bf16_convs_candidate)],
+    "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .onednn import FP32_TAKES_ONEDNN, MIN_MACS, PackedMatrix, post_op, takes_onednn
+from .onednn import FP32_TAKES_ONEDNN, MIN_MACS, PackedConv, PackedMatrix, post_op, takes_onednn, takes_onednn_conv
 from .rel_pos import remember
 from .stats import compiled_mean_std, stacked_mean_std
 
@@ -146,7 +146,31 @@ class FusedChannelGate(nn.Module):
         return _summed_products(stats[:, None, :], matrix.t().contiguous(), dim=2) + self.bias.float()
 
 
-class FusedPartialChannelAttn(nn.Module):
+class _PartialMixer(nn.Module):
+    """What the deployed partial mixers share: the split widths and the 3x3 conv on the first ``conv_dim``
+    channels, which eager inference runs in oneDNN with a packed weight where
+    :func:`~patnet.layers.onednn.takes_onednn_conv` says so."""
+
+    __jit_ignored_attributes__ = ["_conv_packed"]
+
+    def __init__(self, conv: nn.Conv2d, untouched_dim: int):
+        super().__init__()
+        self.conv_dim, self.untouched_dim = conv.out_channels, untouched_dim
+        self.conv = conv
+        self._conv_packed = PackedConv()
+
+    def partial_conv(self, convolved: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            if takes_onednn_conv(convolved, self.conv.weight):
+                return self._packed_conv(convolved)
+        return self.conv(convolved)
+
+    @torch.jit.unused
+    def _packed_conv(self, convolved: Tensor) -> Tensor:
+        return self._conv_packed.conv(convolved, self.conv.weight, self.conv.bias)
+
+
+class FusedPartialChannelAttn(_PartialMixer):
     """PAT_ch without its post-gate BN (folded into the next 1x1 conv): ``[conv3x3(Xp), Xu * g]``.
 
     The exported graph scales the whole map before the split, as PConv of the gated map
@@ -157,9 +181,7 @@ class FusedPartialChannelAttn(nn.Module):
     """
 
     def __init__(self, conv: nn.Conv2d, gate: FusedChannelGate, untouched_dim: int):
-        super().__init__()
-        self.conv_dim, self.untouched_dim = conv.out_channels, untouched_dim
-        self.conv = conv
+        super().__init__(conv, untouched_dim)
         self.gate = gate
 
     def forward(self, x: Tensor) -> Tensor:
@@ -169,25 +191,23 @@ class FusedPartialChannelAttn(nn.Module):
             return torch.cat((self.conv(convolved), untouched), dim=1)
         scale = self.gate.untouched_scale(x)
         convolved, untouched = torch.split(x, sizes, dim=1)
-        return torch.cat((self.conv(convolved), untouched * scale), dim=1)
+        return torch.cat((self.partial_conv(convolved), untouched * scale), dim=1)
 
 
-class FusedPartialSelfAttn(nn.Module):
+class FusedPartialSelfAttn(_PartialMixer):
     """PAT_sf with the LayerNorm affine and ``head_dim ** -0.5`` folded into ``qkv``.
 
     The relative-position bias is gathered once per map shape and kept; TorchScript recomputes it.
     """
 
-    __jit_ignored_attributes__ = ["_bias_cache", "_qkv_packed", "_proj_packed"]
+    __jit_ignored_attributes__ = ["_bias_cache", "_qkv_packed", "_proj_packed", "_conv_packed"]
 
     def __init__(self, conv: nn.Conv2d, qkv: nn.Linear, proj: nn.Linear, untouched_dim: int, num_heads: int,
                  eps: float, rel_pos: nn.Module):
-        super().__init__()
-        self.conv_dim, self.untouched_dim = conv.out_channels, untouched_dim
+        super().__init__(conv, untouched_dim)
         self.num_heads = num_heads
         self.head_dim = untouched_dim // num_heads
         self.eps = eps
-        self.conv = conv
         self.qkv_weight, self.qkv_bias = _as_matrix(qkv)
         self.proj_weight, self.proj_bias = _as_matrix(proj)
         self.rel_pos = rel_pos
@@ -216,7 +236,7 @@ class FusedPartialSelfAttn(nn.Module):
             attended = self._attend_channels_first(untouched)
         else:
             attended = self._attend_tokens(untouched)
-        return torch.cat((self.conv(convolved), attended), dim=1)
+        return torch.cat((self.partial_conv(convolved), attended), dim=1)
 
     def _attend_tokens(self, untouched: Tensor) -> Tensor:
         """PyTorch's form: ``(B, H*W, Cu)`` tokens (a free view of a channels-last map) and fused SDPA."""

@@ -1,4 +1,4 @@
-"""Eager inference's matrix products through oneDNN's linear kernel: prepacked weights, the activation fused.
+"""Eager inference's matrix products and partial 3x3 convs through oneDNN: prepacked weights, the activation fused.
 
 ``torch.addmm`` runs fp32 products in MKL, whose GEMM is slow on AMD CPUs
 (:func:`~patnet.runtimes.hardware.mkl_gemm_is_slow`), and the activation after it is another pass over the
@@ -10,10 +10,14 @@ t1 0.77 -> 0.55 / 1.09 -> 0.85, t2 0.64 -> 0.40 / 0.99 -> 0.69, s 0.69 -> 0.40 /
 Tiny products lose to oneDNN's per-call cost (with every product in oneDNN the 64 px model went 1.14 -> 1.25),
 so products under :data:`MIN_MACS` keep ``torch.addmm``, as do graphs (compile, exports, TorchScript), inputs
 that need gradients, weights made under ``torch.inference_mode``, and fp32 where MKL is fast (Intel).
+
+The partial mixers' 3x3 convs take oneDNN's conv with a prepacked weight (:class:`PackedConv`) by the same rule
+(:func:`takes_onednn_conv`). ``F.conv2d`` sends a single fp32 sample's small conv to ATen's im2col and MKL path
+and gives every other call an unpacked weight to reorder.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +27,9 @@ from ..runtimes.hardware import mkl_gemm_is_slow
 MIN_MACS = 2 ** 21
 FP32_TAKES_ONEDNN = mkl_gemm_is_slow()  # read once, at import
 HAS_KERNEL = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-               and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+              and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+HAS_CONV_KERNEL = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+                   and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight"))
 
 
 def post_op(act: nn.Module) -> Optional[Tuple[str, str]]:
@@ -43,20 +49,43 @@ def takes_onednn(rows: Tensor, matrix: Tensor) -> bool:
     packed copy could not notice an in-place change."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():  # first: a tensor query here would break a graph
         return False
-    if rows.dtype != matrix.dtype or torch.is_autocast_enabled("cpu"):  # autocast: addmm's casts decide
+    if not HAS_KERNEL or rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MIN_MACS:
         return False
-    if rows.dtype != torch.bfloat16 and not (rows.dtype == torch.float32 and FP32_TAKES_ONEDNN):
-        return False
-    if rows.shape[0] * matrix.shape[0] * matrix.shape[1] < MIN_MACS or rows.device.type != "cpu" or not HAS_KERNEL:
-        return False
-    return not ((rows.requires_grad and torch.is_grad_enabled()) or matrix.is_inference())
+    return _onednn_inference(rows, matrix)
 
 
-class PackedMatrix:
-    """An ``(in, out)`` matrix packed for oneDNN's linear, packed again when the matrix changes: another tensor
-    object or storage, another dtype, or an in-place write (its version counter). The source tensor is held, so
-    its address cannot pass to another tensor while the packed copy lives. Copies and pickles start empty: a
-    packed tensor has no storage to copy."""
+def takes_onednn_conv(x: Tensor, weight: Tensor) -> bool:
+    """Whether the eager 3x3 conv of ``x``, a channels-last map or a channel slice of one (channels innermost),
+    with ``weight`` should run in oneDNN with a packed weight: by :func:`takes_onednn`'s rule, :data:`MIN_MACS`
+    included. Against ``F.conv2d`` on an AMD EPYC Zen 5, eager fp32, whole models in one process
+    (docs/bench/change-ab.md, one / two threads): patnet_t2 0.960 / 0.952 of its time, t1 0.955 / 0.987, s 0.928
+    (two threads). patnet_t0's convs (1.8M multiply-adds each) are faster alone (14x14, 32 channels: 55 -> 37
+    us) but made the whole model 0.99 / 1.03 of its time, so they stay under the threshold."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if not HAS_CONV_KERNEL or x.stride(1) != 1:
+        return False
+    if x.shape[0] * x.shape[2] * x.shape[3] * weight[0].numel() * weight.shape[0] < MIN_MACS:
+        return False
+    return _onednn_inference(x, weight)
+
+
+def _onednn_inference(x: Tensor, weight: Tensor) -> bool:
+    """The dtype, device and gradient half of :func:`takes_onednn`'s rule."""
+    if x.dtype != weight.dtype or torch.is_autocast_enabled("cpu"):  # autocast: the ATen op's casts decide
+        return False
+    if x.dtype != torch.bfloat16 and not (x.dtype == torch.float32 and FP32_TAKES_ONEDNN):
+        return False
+    if x.device.type != "cpu":
+        return False
+    return not ((x.requires_grad and torch.is_grad_enabled()) or weight.is_inference())
+
+
+class PackedWeight:
+    """A weight packed for oneDNN, packed again when the weight changes: another tensor object or storage,
+    another dtype, or an in-place write (its version counter). The source tensor is held, so its address
+    cannot pass to another tensor while the packed copy lives. Copies and pickles start empty: a packed tensor
+    has no storage to copy."""
 
     def __init__(self) -> None:
         self._source: Optional[Tensor] = None
@@ -69,14 +98,22 @@ class PackedMatrix:
     def __setstate__(self, state: dict) -> None:
         self.__init__()
 
+    def _packed_from(self, weight: Tensor, pack: Callable[[Tensor], Tensor]) -> Tensor:
+        """``pack(weight)``, kept until ``weight`` changes."""
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        if weight is not self._source or key != self._key:
+            with torch.no_grad():
+                self._packed = pack(weight)
+            self._source, self._key = weight, key
+        return self._packed
+
+
+class PackedMatrix(PackedWeight):
+    """An ``(in, out)`` matrix packed for oneDNN's linear."""
+
     def packed(self, matrix: Tensor, rows: int) -> Tensor:
         """``matrix`` in oneDNN's layout, chosen for ``rows`` rows at the first call (any count works later)."""
-        key = (matrix.data_ptr(), matrix._version, matrix.dtype)
-        if matrix is not self._source or key != self._key:
-            with torch.no_grad():
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(matrix.t().contiguous(), rows)
-            self._source, self._key = matrix, key
-        return self._packed
+        return self._packed_from(matrix, lambda m: torch.ops.mkldnn._reorder_linear_weight(m.t().contiguous(), rows))
 
     def product(self, rows: Tensor, matrix: Tensor, bias: Tensor, act: Optional[Tuple[str, str]] = None) -> Tensor:
         """``act(rows @ matrix + bias)`` in one oneDNN call (no activation when ``act`` is None)."""
@@ -89,3 +126,15 @@ class PackedMatrix:
         added as the product is written)."""
         return torch.ops.mkldnn._linear_pointwise.binary(rows, other, self.packed(matrix, rows.shape[0]), bias,
                                                          "add")
+
+
+class PackedConv(PackedWeight):
+    """A stride-1, padding-1 3x3 conv's weight packed for oneDNN's conv."""
+
+    def conv(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        """``F.conv2d(x, weight, bias, padding=1)`` on a channels-innermost ``x``, the weight packed for the first
+        call's input shape (any shape works later)."""
+        shape = list(x.shape)
+        packed = self._packed_from(weight, lambda w: torch.ops.mkldnn._reorder_convolution_weight(
+            w.contiguous(), [1, 1], [1, 1], [1, 1], 1, shape))
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
