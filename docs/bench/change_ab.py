@@ -19,6 +19,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   bf16-convs     candidate: compiled bf16 takes the exported graph's conv form (MLP products as oneDNN 1x1
                  convs, attention channels-first) as compiled fp32 does where MKL is slow
   unpacked-convs before: eager partial 3x3 convs through F.conv2d, not oneDNN's conv with a packed weight
+  into-output    candidate, not kept: eager PAT_ch writes the conv and the scaled untouched channels into one
+                 output (torch.mul(..., out=slice)) instead of scaling into a new map and concatenating
 
     .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...}
 """
@@ -124,6 +126,14 @@ def explicit_attn_candidate(self, untouched):
     return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
 
 
+def into_output_candidate(self, x):
+    scale = self.gate.untouched_scale(x)
+    out = torch.empty_like(x)
+    out[:, :self.conv_dim] = self.partial_conv(x[:, :self.conv_dim])
+    torch.mul(x[:, self.conv_dim:], scale, out=out[:, self.conv_dim:])
+    return out
+
+
 SHIPPED_CONVS_WHEN_COMPILED = fused._convs_when_compiled
 
 
@@ -144,6 +154,7 @@ CHANGES = {
     "onednn-gelu": [(fused.FusedMlp, "_on_rows", onednn_gelu_candidate)],
     "explicit-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", explicit_attn_candidate)],
     "bf16-convs": [(fused, "_convs_when_compiled", bf16_convs_candidate)],
+    "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
 
