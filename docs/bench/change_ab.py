@@ -19,6 +19,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   bf16-convs     candidate: compiled bf16 takes the exported graph's conv form (MLP products as oneDNN 1x1
                  convs, attention channels-first) as compiled fp32 does where MKL is slow
   unpacked-convs before: eager partial 3x3 convs through F.conv2d, not oneDNN's conv with a packed weight
+  gate-nodes     candidate: the exported gate without the std's n / (n - 1) multiply (sqrt of it folded into
+                 the weight's std rows) and with one Reshape for the two Unsqueezes (12 -> 10 nodes a gate)
   into-output    candidate, not kept: eager PAT_ch writes the conv and the scaled untouched channels into one
                  output (torch.mul(..., out=slice)) instead of scaling into a new map and concatenating
 
@@ -126,6 +128,17 @@ def explicit_attn_candidate(self, untouched):
     return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
 
 
+def gate_nodes_candidate(self, x):
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    biased_std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
+    count = x.shape[2] * x.shape[3]
+    weight, bias = self.whole()
+    channels = weight.shape[1]
+    weight = torch.cat((weight[:channels], weight[channels:] * math.sqrt(count / max(count - 1, 1))))
+    stats = torch.cat((mean, biased_std), dim=1).flatten(1)
+    return fused._gate_scale(stats, weight, bias).reshape(-1, channels, 1, 1)
+
+
 def into_output_candidate(self, x):
     scale = self.gate.untouched_scale(x)
     out = torch.empty_like(x)
@@ -154,6 +167,7 @@ CHANGES = {
     "onednn-gelu": [(fused.FusedMlp, "_on_rows", onednn_gelu_candidate)],
     "explicit-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", explicit_attn_candidate)],
     "bf16-convs": [(fused, "_convs_when_compiled", bf16_convs_candidate)],
+    "gate-nodes": [(fused.FusedChannelGate, "forward", gate_nodes_candidate)],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
