@@ -6,7 +6,6 @@ import copy
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from helpers import randomize_inference_state
 from torch import nn
 
@@ -67,21 +66,25 @@ def test_takes_onednn_conv_by_layout_dtype_and_size(monkeypatch, dtype, fp32_rul
     x = channel_slice(1, 32, size, dtype)
     if not channels_last:
         x = x.contiguous()
-    assert takes_onednn_conv(x, torch.zeros(32, 32, 3, 3, dtype=dtype)) is expected
+    conv = nn.Conv2d(32, 32, 3, padding=1, bias=False, dtype=dtype).requires_grad_(False)
+    assert takes_onednn_conv(x, conv) is expected
+    assert not takes_onednn_conv(x, nn.Conv2d(32, 32, 3, padding="same", dtype=dtype).requires_grad_(False))
     x.requires_grad_(True)
-    assert not takes_onednn_conv(x, torch.zeros(32, 32, 3, 3, dtype=dtype))
+    assert not takes_onednn_conv(x, conv)
 
 
 @needs_kernel
-def test_packed_conv_equals_conv2d_at_any_shape_and_follows_changed_weights():
-    packed, weight = PackedConv(), torch.randn(16, 16, 3, 3, generator=torch.Generator().manual_seed(1))
-    for batch, size in ((1, 14), (2, 5), (1, 1), (3, 9)):  # packed for the first shape, right for every other
+@pytest.mark.parametrize("stride, padding, bias", [(1, 1, False), (2, 0, True), (1, (2, 0), True)])
+def test_packed_conv_equals_conv2d_at_any_shape_and_follows_changed_weights(stride, padding, bias):
+    torch.manual_seed(1)
+    packed, conv = PackedConv(), nn.Conv2d(16, 16, 3, stride, padding, bias=bias).requires_grad_(False)
+    for batch, size in ((1, 14), (2, 5), (1, 3), (3, 9)):  # packed for the first shape, right for every other
         x = channel_slice(batch, 16, size)
-        actual = packed.conv(x, weight)
+        actual = packed.conv(x, conv)
         assert actual.is_contiguous(memory_format=torch.channels_last)
-        assert relative_difference(F.conv2d(x, weight, padding=1), actual) <= 1e-6
-    weight.mul_(2)  # an in-place write bumps the version: packed again
-    torch.testing.assert_close(packed.conv(x, weight), F.conv2d(x, weight, padding=1), rtol=1e-5, atol=1e-5)
+        assert relative_difference(conv(x), actual) <= 1e-6
+    conv.weight.mul_(2)  # an in-place write bumps the version: packed again
+    torch.testing.assert_close(packed.conv(x, conv), conv(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("act", [nn.GELU(), nn.GELU(approximate="tanh"), nn.ReLU(inplace=True), nn.SiLU(), None])

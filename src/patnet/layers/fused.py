@@ -161,13 +161,13 @@ class _PartialMixer(nn.Module):
 
     def partial_conv(self, convolved: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if takes_onednn_conv(convolved, self.conv.weight):
+            if takes_onednn_conv(convolved, self.conv):
                 return self._packed_conv(convolved)
         return self.conv(convolved)
 
     @torch.jit.unused
     def _packed_conv(self, convolved: Tensor) -> Tensor:
-        return self._conv_packed.conv(convolved, self.conv.weight, self.conv.bias)
+        return self._conv_packed.conv(convolved, self.conv)
 
 
 class FusedPartialChannelAttn(_PartialMixer):

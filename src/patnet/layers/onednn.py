@@ -54,18 +54,21 @@ def takes_onednn(rows: Tensor, matrix: Tensor) -> bool:
     return _onednn_inference(rows, matrix)
 
 
-def takes_onednn_conv(x: Tensor, weight: Tensor) -> bool:
-    """Whether the eager 3x3 conv of ``x``, a channels-last map or a channel slice of one (channels innermost),
-    with ``weight`` should run in oneDNN with a packed weight: by :func:`takes_onednn`'s rule, :data:`MIN_MACS`
-    included. Against ``F.conv2d`` on an AMD EPYC Zen 5, eager fp32, whole models in one process
-    (docs/bench/change-ab.md, one / two threads): patnet_t2 0.960 / 0.952 of its time, t1 0.955 / 0.987, s 0.928
-    (two threads). patnet_t0's convs (1.8M multiply-adds each) are faster alone (14x14, 32 channels: 55 -> 37
-    us) but made the whole model 0.99 / 1.03 of its time, so they stay under the threshold."""
+def takes_onednn_conv(x: Tensor, conv: nn.Conv2d) -> bool:
+    """Whether the eager ``conv`` of ``x``, a channels-last map or a channel slice of one (channels innermost),
+    should run in oneDNN with a packed weight: by :func:`takes_onednn`'s rule, :data:`MIN_MACS` included, for
+    zero-padded convs with numeric padding. Against ``F.conv2d`` for the partial mixers' 3x3 convs on an AMD EPYC
+    Zen 5, eager fp32, whole models in one process (docs/bench/change-ab.md, one / two threads): patnet_t2 0.960 /
+    0.952 of its time, t1 0.955 / 0.987, s 0.928 (two threads). patnet_t0's convs (1.8M multiply-adds each) are
+    faster alone (14x14, 32 channels: 55 -> 37 us) but made the whole model 0.99 / 1.03 of its time, so they stay
+    under the threshold."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    if not HAS_CONV_KERNEL or x.stride(1) != 1:
+    if not HAS_CONV_KERNEL or x.stride(1) != 1 or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
         return False
-    if x.shape[0] * x.shape[2] * x.shape[3] * weight[0].numel() * weight.shape[0] < MIN_MACS:
+    weight = conv.weight
+    out_height, out_width = (size // stride for size, stride in zip(x.shape[2:], conv.stride))
+    if x.shape[0] * out_height * out_width * weight[0].numel() * weight.shape[0] < MIN_MACS:
         return False
     return _onednn_inference(x, weight)
 
@@ -129,12 +132,14 @@ class PackedMatrix(PackedWeight):
 
 
 class PackedConv(PackedWeight):
-    """A stride-1, padding-1 3x3 conv's weight packed for oneDNN's conv."""
+    """A conv's weight packed for oneDNN's conv."""
 
-    def conv(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        """``F.conv2d(x, weight, bias, padding=1)`` on a channels-innermost ``x``, the weight packed for the first
-        call's input shape (any shape works later)."""
+    def conv(self, x: Tensor, conv: nn.Conv2d) -> Tensor:
+        """``conv(x)`` for a channels-innermost ``x`` and a zero-padded ``conv`` with numeric padding, the weight
+        packed for the first call's input shape (any shape works later)."""
+        padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
         shape = list(x.shape)
-        packed = self._packed_from(weight, lambda w: torch.ops.mkldnn._reorder_convolution_weight(
-            w.contiguous(), [1, 1], [1, 1], [1, 1], 1, shape))
-        return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
+        packed = self._packed_from(conv.weight, lambda w: torch.ops.mkldnn._reorder_convolution_weight(
+            w.contiguous(), padding, stride, dilation, conv.groups, shape))
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, padding, stride, dilation, conv.groups,
+                                                       "none", [], "")
