@@ -1,9 +1,11 @@
 """The benchmark harness, runner, reports and command, on tiny models at 32 px."""
 import json
 import math
+import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -449,3 +451,21 @@ def test_regime_tables_from_known_results():
         "cpu", "openvino", "bfloat16", "1", "1", "3x224x224", "1.27 (7.80 / 6.10)"]
     assert efficiency_table(results)[1][0][-2:] == ["266 (140% / 23%)", "626 (330% / 53%)"]
     assert startup_table(results)[1][0][-2:] == ["3.5", "2.2"]
+
+
+def test_regimes_median_takes_each_cells_median_over_runs(tmp_path):
+    """scripts/regimes_median.py: per-cell medians of the ratio, with the runs' range, over several runs."""
+    def section(runtime: str, threads: int, ratio: float) -> dict:
+        return {"kind": "latency", "device": "cpu", "runtime": runtime, "precision": "float32", "threads": threads,
+                "results": {"patnet_t0": {"deploy": {"ratio": {"median": ratio}}}}}
+
+    for run, ratios in enumerate(((0.70, 0.90), (0.80, 1.10), (0.60, 1.00))):
+        folder = tmp_path / f"run{run}" / "regimes" / "rgb224"
+        folder.mkdir(parents=True)
+        sections = [section("eager", 1, ratios[0]), section("openvino", 2, ratios[1])]
+        (folder / "bench.json").write_text(json.dumps({"sections": sections}))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "regimes_median.py"
+    out = subprocess.run([sys.executable, str(script), *(str(tmp_path / f"run{i}") for i in range(3))],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| eager | float32 | 1 | 0.70 (0.60-0.80, 3) |" in out
+    assert "| openvino | float32 | 2 | 1.00 (0.90-1.10, 3) |" in out
