@@ -21,6 +21,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   unpacked-convs before: eager partial 3x3 convs through F.conv2d, not oneDNN's conv with a packed weight
   gate-nodes     candidate: the exported gate without the std's n / (n - 1) multiply (sqrt of it folded into
                  the weight's std rows) and with one Reshape for the two Unsqueezes (12 -> 10 nodes a gate)
+  untouched-gate candidate, not kept: the exported gate multiplies only the gated channels' statistics by their
+                 (2(C - passed), C - passed) matrix (56% of the whole one's bytes) and pads the scale with ones
   into-output    candidate, not kept: eager PAT_ch writes the conv and the scaled untouched channels into one
                  output (torch.mul(..., out=slice)) instead of scaling into a new map and concatenating
 
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 import patnet  # noqa: F401
 from patnet.bench.timing import summarise, time_alternating
 from patnet.layers import fused
-from patnet.layers.stats import stacked_mean_std
+from patnet.layers.stats import spatial_mean_std, stacked_mean_std
 from patnet.models import baseline_partner
 from patnet.runtimes import make_runner
 
@@ -139,6 +141,14 @@ def gate_nodes_candidate(self, x):
     return fused._gate_scale(stats, weight, bias).reshape(-1, channels, 1, 1)
 
 
+def untouched_gate_candidate(self, x):
+    mean, std = spatial_mean_std(x)
+    stats = torch.cat((mean[:, self.passed:], std[:, self.passed:]), dim=1).flatten(1)
+    channels = self.weight.shape[0] // 2
+    matrix = torch.cat((self.weight[self.passed:channels], self.weight[channels + self.passed:]), dim=0)
+    return F.pad(fused._gate_scale(stats, matrix, self.bias), (self.passed, 0), value=1.0)[:, :, None, None]
+
+
 def into_output_candidate(self, x):
     scale = self.gate.untouched_scale(x)
     out = torch.empty_like(x)
@@ -168,6 +178,7 @@ CHANGES = {
     "explicit-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", explicit_attn_candidate)],
     "bf16-convs": [(fused, "_convs_when_compiled", bf16_convs_candidate)],
     "gate-nodes": [(fused.FusedChannelGate, "forward", gate_nodes_candidate)],
+    "untouched-gate": [(fused.FusedChannelGate, "forward", untouched_gate_candidate)],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
