@@ -23,6 +23,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  the weight's std rows) and with one Reshape for the two Unsqueezes (12 -> 10 nodes a gate)
   untouched-gate candidate, not kept: the exported gate multiplies only the gated channels' statistics by their
                  (2(C - passed), C - passed) matrix (56% of the whole one's bytes) and pads the scale with ones
+  gate-sum       candidate, not kept: the exported gate's product as a multiply and a ReduceSum (the compiled
+                 form) instead of a Gemm, which OpenVINO runs as a FullyConnected node per gate
   into-output    candidate, not kept: eager PAT_ch writes the conv and the scaled untouched channels into one
                  output (torch.mul(..., out=slice)) instead of scaling into a new map and concatenating
 
@@ -149,6 +151,12 @@ def untouched_gate_candidate(self, x):
     return F.pad(fused._gate_scale(stats, matrix, self.bias), (self.passed, 0), value=1.0)[:, :, None, None]
 
 
+def gate_sum_candidate(self, x):
+    weight, bias = self.whole()
+    stats = stacked_mean_std(x, traceable=True)
+    return F.hardsigmoid((stats[:, :, None] * weight).sum(dim=1) + bias)[:, :, None, None]
+
+
 def into_output_candidate(self, x):
     scale = self.gate.untouched_scale(x)
     out = torch.empty_like(x)
@@ -179,6 +187,7 @@ CHANGES = {
     "bf16-convs": [(fused, "_convs_when_compiled", bf16_convs_candidate)],
     "gate-nodes": [(fused.FusedChannelGate, "forward", gate_nodes_candidate)],
     "untouched-gate": [(fused.FusedChannelGate, "forward", untouched_gate_candidate)],
+    "gate-sum": [(fused.FusedChannelGate, "forward", gate_sum_candidate)],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
