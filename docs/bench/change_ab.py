@@ -25,6 +25,7 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  (2(C - passed), C - passed) matrix (56% of the whole one's bytes) and pads the scale with ones
   gate-sum       candidate, not kept: the exported gate's product as a multiply and a ReduceSum (the compiled
                  form) instead of a Gemm, which OpenVINO runs as a FullyConnected node per gate
+  conv-spatial   before: eager PAT_sp's one-channel spatial gate as F.conv2d, not a matrix-vector product of rows
   into-output    candidate, not kept: eager PAT_ch writes the conv and the scaled untouched channels into one
                  output (torch.mul(..., out=slice)) instead of scaling into a new map and concatenating
 
@@ -157,6 +158,14 @@ def gate_sum_candidate(self, x):
     return F.hardsigmoid((stats[:, :, None] * weight).sum(dim=1) + bias)[:, :, None, None]
 
 
+def conv_spatial_before(self, x):
+    if fused._compiling():
+        spatial = F.hardsigmoid(self._products_summed(x)).to(x.dtype)
+    else:
+        spatial = F.hardsigmoid(F.conv2d(x, self.gate_weight))
+    return torch.addcmul(self.shift, x, torch.addcmul(self.passed, spatial, self.gated_scale))
+
+
 def into_output_candidate(self, x):
     scale = self.gate.untouched_scale(x)
     out = torch.empty_like(x)
@@ -188,6 +197,7 @@ CHANGES = {
     "gate-nodes": [(fused.FusedChannelGate, "forward", gate_nodes_candidate)],
     "untouched-gate": [(fused.FusedChannelGate, "forward", untouched_gate_candidate)],
     "gate-sum": [(fused.FusedChannelGate, "forward", gate_sum_candidate)],
+    "conv-spatial": [(fused.FusedSpatialGate, "forward", conv_spatial_before)],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
