@@ -160,6 +160,7 @@ class _PartialMixer(nn.Module):
         self._conv_packed = PackedConv()
 
     def partial_conv(self, convolved: Tensor) -> Tensor:
+        """``conv(convolved)``, in oneDNN with the packed weight where the rule says so."""
         if not torch.jit.is_scripting():
             if takes_onednn_conv(convolved, self.conv):
                 return self._packed_conv(convolved)
