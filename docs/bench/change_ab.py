@@ -147,23 +147,14 @@ def gate_nodes_candidate(self, x):
 def untouched_gate_candidate(self, x):
     mean, std = spatial_mean_std(x)
     stats = torch.cat((mean[:, self.passed:], std[:, self.passed:]), dim=1).flatten(1)
-    channels = self.weight.shape[0] // 2
-    matrix = torch.cat((self.weight[self.passed:channels], self.weight[channels + self.passed:]), dim=0)
-    return F.pad(fused._gate_scale(stats, matrix, self.bias), (self.passed, 0), value=1.0)[:, :, None, None]
+    scale = fused._gate_scale(stats, self.untouched_matrix(), self.bias)
+    return F.pad(scale, (self.passed, 0), value=1.0)[:, :, None, None]
 
 
 def gate_sum_candidate(self, x):
     weight, bias = self.whole()
     stats = stacked_mean_std(x, traceable=True)
     return F.hardsigmoid((stats[:, :, None] * weight).sum(dim=1) + bias)[:, :, None, None]
-
-
-def conv_spatial_before(self, x):
-    if fused._compiling():
-        spatial = F.hardsigmoid(self._products_summed(x)).to(x.dtype)
-    else:
-        spatial = F.hardsigmoid(F.conv2d(x, self.gate_weight))
-    return torch.addcmul(self.shift, x, torch.addcmul(self.passed, spatial, self.gated_scale))
 
 
 def into_output_candidate(self, x):
@@ -197,7 +188,7 @@ CHANGES = {
     "gate-nodes": [(fused.FusedChannelGate, "forward", gate_nodes_candidate)],
     "untouched-gate": [(fused.FusedChannelGate, "forward", untouched_gate_candidate)],
     "gate-sum": [(fused.FusedChannelGate, "forward", gate_sum_candidate)],
-    "conv-spatial": [(fused.FusedSpatialGate, "forward", conv_spatial_before)],
+    "conv-spatial": [(fused.FusedSpatialGate, "_rows_product", lambda self, x: F.conv2d(x, self.gate_weight))],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }

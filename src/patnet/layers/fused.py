@@ -83,6 +83,11 @@ def _as_matrix(layer: nn.Module) -> Tuple[nn.Parameter, nn.Parameter]:
     return nn.Parameter(weight, requires_grad=False), nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
 
 
+def _as_rows(x: Tensor) -> Tensor:
+    """A ``(B, C, H, W)`` map as its ``(B*H*W, C)`` rows: a free view of a channels-last map."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0] * x.shape[2] * x.shape[3], x.shape[1])
+
+
 def _as_conv_weight(matrix: Tensor) -> Tensor:
     """An ``(in, out)`` matrix as a 1x1 conv's ``(out, in, 1, 1)`` weight (a view; the ONNX export folds it)."""
     return matrix.t()[:, :, None, None]
@@ -141,9 +146,14 @@ class FusedChannelGate(nn.Module):
         which inductor vectorises), and stays bf16 in a bf16 model: compiled bf16 patnet_t2's gate kernels on
         its 14x14 maps went from 62 to 21 us; whole models, one / two threads (docs/bench/change-ab.md),
         patnet_t2 0.961 / 0.982 of before, T0 0.991 / 0.983, S 0.987 (one thread), fp32 T0 0.996 / 0.994."""
-        channels = self.weight.shape[0] // 2
-        matrix = torch.cat((self.weight[self.passed:channels], self.weight[channels + self.passed:]), dim=0)
+        matrix = self.untouched_matrix()
         return _summed_products(stats[:, None, :], matrix.t().contiguous(), dim=2) + self.bias.float()
+
+    def untouched_matrix(self) -> Tensor:
+        """``W``'s rows for the gated channels' ``[mean, std]`` (no passed channel's zero rows):
+        ``(2(C - passed), C - passed)``."""
+        channels = self.weight.shape[0] // 2
+        return torch.cat((self.weight[self.passed:channels], self.weight[channels + self.passed:]), dim=0)
 
 
 class _PartialMixer(nn.Module):
@@ -308,8 +318,7 @@ class FusedSpatialGate(nn.Module):
         AMD EPYC Zen 5, patnet_t1's maps from 56x56x48 to 14x14x192 took 29-44 us so against 3-12 us here (one
         thread: 3-23 against 2-11 us; bf16 26-36 against 14-25 us)."""
         batch, channels, height, width = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-        return torch.mv(rows, self.gate_weight.view(channels)).view(batch, 1, height, width)
+        return torch.mv(_as_rows(x), self.gate_weight.view(channels)).view(batch, 1, height, width)
 
     def _products_summed(self, x: Tensor) -> Tensor:
         """``conv1x1(x)`` to one channel as a multiply-and-sum over channels (:func:`_summed_products`). A/B on a
@@ -364,10 +373,10 @@ class FusedMlp(nn.Module):
         (docs/bench/change-ab.md), one / two threads: patnet_t0 at 64 px 0.994 / 0.992, at 224 px 0.991 / 0.986,
         patnet_t2 0.997 / 0.989 (an earlier run: 0.965-0.996)."""
         batch, channels, height, width = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+        rows = _as_rows(x)
         if not torch.jit.is_scripting():
             if takes_onednn(rows, self.expand_weight):
-                residual_rows = None if residual is None else residual.permute(0, 2, 3, 1).reshape(rows.shape)
+                residual_rows = None if residual is None else _as_rows(residual)
                 out = self._in_onednn(rows, residual_rows)
                 return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
         hidden = self.act(torch.addmm(self.expand_bias, rows, self.expand_weight))
