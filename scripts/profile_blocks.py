@@ -1,7 +1,7 @@
 """Where the time goes: per-block GEMM and non-GEMM time of PATNet against FasterNet in every runtime.
 
-Each model is profiled in its deploy form, batch 1, on one thread, in fp32 in eager PyTorch and ONNX Runtime, and
-in OpenVINO in f32 and (where the CPU has native bf16) bf16:
+Each model is profiled in its deploy form, batch 1, on one thread (``--threads N``: N), in fp32 in eager PyTorch
+and ONNX Runtime, and in OpenVINO in f32 and (where the CPU has native bf16) bf16:
 
 - eager PyTorch under ``torch.profiler``: every top-level part and every block runs inside a named range, and
   each operator's *self* time is charged to the innermost range around it;
@@ -27,6 +27,7 @@ the kernels it launched itself (torch.profiler's self device time).
 
     .venv/bin/python scripts/profile_blocks.py            # writes docs/bench/profile.md and profile.json
     .venv/bin/python scripts/profile_blocks.py --quick    # a smoke test
+    .venv/bin/python scripts/profile_blocks.py --threads 2 --out docs/bench/epyc-zen5   # profile-2threads.md
     python scripts/profile_blocks.py --device cuda        # writes docs/bench/profile-gpu.md and .json
 """
 from __future__ import annotations
@@ -158,15 +159,15 @@ def charge_events(events, calls: int, device_time: bool = False) -> Charges:
     return charges
 
 
-def ort_profile(model: nn.Module, x: torch.Tensor, calls: int) -> Charges:
-    """The same split from ONNX Runtime's profiler on the exported deploy form (one thread, all optimizations)."""
+def ort_profile(model: nn.Module, x: torch.Tensor, calls: int, threads: int) -> Charges:
+    """The same split from ONNX Runtime's profiler on the exported deploy form (all optimizations)."""
     import onnxruntime as ort
 
     labels = part_labels(model)
     with tempfile.TemporaryDirectory(prefix="patnet-profile-") as folder:
         path = export_onnx(model, Path(folder) / "model.onnx", x).path
         options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "ort")
@@ -184,14 +185,14 @@ def ort_profile(model: nn.Module, x: torch.Tensor, calls: int) -> Charges:
     return charges
 
 
-def openvino_profile(model: nn.Module, x: torch.Tensor, calls: int, precision: str) -> Charges:
-    """The same split from OpenVINO's performance counters on the exported deploy form (one thread)."""
+def openvino_profile(model: nn.Module, x: torch.Tensor, calls: int, precision: str, threads: int) -> Charges:
+    """The same split from OpenVINO's performance counters on the exported deploy form."""
     import openvino as ov
 
     labels = part_labels(model)
     with tempfile.TemporaryDirectory(prefix="patnet-profile-") as folder:
         path = export_onnx(model, Path(folder) / "model.onnx", x).path
-        config = {**openvino_config(precision, 1), "PERF_COUNT": True}
+        config = {**openvino_config(precision, threads), "PERF_COUNT": True}
         request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
     charges = Charges(calls)
     for _ in range(3):
@@ -217,11 +218,11 @@ def _profiled_compile_settings(dtype: str, device: torch.device):
         yield
 
 
-def compile_profile(name: str, x: torch.Tensor, classes: int, calls: int, precision: str) -> Charges:
+def compile_profile(name: str, x: torch.Tensor, classes: int, calls: int, precision: str, threads: int) -> Charges:
     """The split from torch.profiler's self times on ``name`` compiled as the regime matrix compiles it."""
     model = timm.create_model(name, num_classes=classes, in_chans=x.shape[1]).eval()
     with mock.patch.object(runners, "_compile_settings", _profiled_compile_settings):
-        run = make_runner(model, "compile", precision, x, threads=1)
+        run = make_runner(model, "compile", precision, x, threads=threads)
         ready = run.prepare(x)
         for _ in range(3):
             run(ready)
@@ -299,15 +300,16 @@ def profile_gpu_case(name: str, x: torch.Tensor, classes: int, calls: int, batch
     return profiles
 
 
-def profile_case(name: str, x: torch.Tensor, classes: int, calls: int) -> dict:
+def profile_case(name: str, x: torch.Tensor, classes: int, calls: int, threads: int) -> dict:
     model = deploy_form(name, x, classes)
     profiles = {"eager fp32": summarise_charges(eager_profile(model, x, calls)),
-                "onnxruntime fp32": summarise_charges(ort_profile(model, x, calls))}
+                "onnxruntime fp32": summarise_charges(ort_profile(model, x, calls, threads))}
     precisions = ("fp32", "bf16") if native_bf16("cpu") else ("fp32",)
     for precision in precisions:
-        profiles[f"openvino {precision}"] = summarise_charges(openvino_profile(model, x, calls, precision))
+        profiles[f"openvino {precision}"] = summarise_charges(openvino_profile(model, x, calls, precision, threads))
     for precision in precisions:
-        profiles[f"compile {precision}"] = summarise_charges(compile_profile(name, x, classes, calls, precision))
+        profiles[f"compile {precision}"] = summarise_charges(
+            compile_profile(name, x, classes, calls, precision, threads))
     return profiles
 
 
@@ -347,7 +349,7 @@ def summary_line(name: str, rows: dict) -> str:
     return f"{name}: GEMM {gemm:.2f} ms, other {other:.2f} ms ({100 * other / max(gemm + other, 1e-9):.0f}% non-GEMM)"
 
 
-def header_lines(calls: int, gpu: bool, batch: int) -> list[str]:
+def header_lines(calls: int, gpu: bool, batch: int, threads: int) -> list[str]:
     if gpu:
         return [f"# Per-block profile on the GPU: GEMM and non-GEMM kernel time, deploy form, batch {batch}", "",
                 f"- Command: `python scripts/profile_blocks.py --device cuda --batch {batch}`",
@@ -356,8 +358,9 @@ def header_lines(calls: int, gpu: bool, batch: int) -> list[str]:
                 "each ATen operator charged the kernels it launched itself. Eager PyTorch, channels-last, fp32 "
                 "(TF32 as PyTorch's defaults leave it: on for convolutions, off for matrix products) and bf16 weights "
                 "and input.", ""]
-    return ["# Per-block profile: GEMM and non-GEMM time, deploy form, batch 1, one thread", "",
-            "- Command: `.venv/bin/python scripts/profile_blocks.py`", f"- Machine: {describe_cpu()}",
+    option, thread_words = (f" --threads {threads}", f"{threads} threads") if threads > 1 else ("", "one thread")
+    return [f"# Per-block profile: GEMM and non-GEMM time, deploy form, batch 1, {thread_words}", "",
+            f"- Command: `.venv/bin/python scripts/profile_blocks.py{option}`", f"- Machine: {describe_cpu()}",
             f"- {calls} profiled calls per model and runtime after 3 warm-up calls; milliseconds per call. "
             "Profilers add overhead to small operators: read the split, not the absolute times.",
             "- Each model is profiled once, not in alternation: on a shared machine whole-model times drift between "
@@ -375,20 +378,22 @@ def main() -> None:
     parser.add_argument("--out", default="docs/bench", help="folder for profile.md and profile.json")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch", type=int, default=256, help="batch size on the GPU")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (files: profile-<N>threads.md if > 1)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     calls, gpu = 3 if args.quick else args.calls, args.device == "cuda"
     cases = []
     for model, baseline, shape, classes in CASES[:1] if gpu else CASES:
         x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
         profiles = {name: profile_gpu_case(name, x, classes, calls, args.batch) if gpu
-                    else profile_case(name, x, classes, calls) for name in (model, baseline)}
+                    else profile_case(name, x, classes, calls, args.threads) for name in (model, baseline)}
         cases.append({"model": model, "baseline": baseline, "input": shape, "profiles": profiles})
         print("\n".join(case_lines(cases[-1])), flush=True)
     if args.quick:
         return
-    out, stem = Path(args.out), "profile-gpu" if gpu else "profile"
-    lines = header_lines(calls, gpu, args.batch) + [line for c in cases for line in case_lines(c)]
+    stem = "profile-gpu" if gpu else "profile" if args.threads == 1 else f"profile-{args.threads}threads"
+    out, lines = Path(args.out), header_lines(calls, gpu, args.batch, args.threads)
+    lines += [line for c in cases for line in case_lines(c)]
     write_text_atomic(out / f"{stem}.md", "\n".join(lines))
     write_text_atomic(out / f"{stem}.json", json.dumps({"machine": machine_info(), "cases": cases}, indent=2))
 

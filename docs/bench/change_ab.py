@@ -28,6 +28,11 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   conv-spatial   before: eager PAT_sp's one-channel spatial gate as F.conv2d, not a matrix-vector product of rows
   into-output    candidate, not kept: eager PAT_ch writes the conv and the scaled untouched channels into one
                  output (torch.mul(..., out=slice)) instead of scaling into a new map and concatenating
+  no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
+  pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
+                 floor a fused PAT block can approach (its B / A is PATNet's time over that floor's)
+  pconv-last     not a change: A is the same variant with PConv instead of PAT_sf in the last stage (B / A is
+                 what the attention costs)
 
     .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...}
 """
@@ -44,6 +49,7 @@ from patnet.layers import fused
 from patnet.layers.stats import spatial_mean_std, stacked_mean_std
 from patnet.models import baseline_partner
 from patnet.runtimes import make_runner
+from patnet.runtimes import runner as runtime_runner
 
 
 def gate_before(self, x):
@@ -168,6 +174,10 @@ def into_output_candidate(self, x):
 SHIPPED_CONVS_WHEN_COMPILED = fused._convs_when_compiled
 
 
+def no_autotune_candidate(dtype, device, settings=runtime_runner._compile_settings):
+    return settings("fp32", device)
+
+
 def bf16_convs_candidate(x, matrix):
     if fused._compiling() and x.dtype == torch.bfloat16:
         return x.shape[0] * x.shape[2] * x.shape[3] * matrix.shape[0] * matrix.shape[1] >= fused.MIN_MACS
@@ -190,7 +200,14 @@ CHANGES = {
     "gate-sum": [(fused.FusedChannelGate, "forward", gate_sum_candidate)],
     "conv-spatial": [(fused.FusedSpatialGate, "_rows_product", lambda self, x: F.conv2d(x, self.gate_weight))],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
+    "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
+}
+
+
+OTHER_MODELS = {  # A is another model; no patches
+    "pconv-floor": {"mixers": ("pconv",) * 4},
+    "pconv-last": {"mixers": ("pat_ch",) * 3 + ("pconv",)},
 }
 
 
@@ -212,17 +229,22 @@ def main() -> None:
     change, runtime, dtype, threads, case = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
     torch.set_num_threads(threads)
     size, chans, classes, name = (64, 1, 10, "patnet_t0") if case == "64" else (224, 3, 1000, case)
+    if change not in CHANGES and change not in OTHER_MODELS:
+        sys.exit(f"unknown change {change!r}; choose one of {sorted([*CHANGES, *OTHER_MODELS])}")
     model = timm.create_model(name, num_classes=classes, in_chans=chans).eval()
+    built = {"A": model, "B": model}
+    if change in OTHER_MODELS:
+        built["A"] = timm.create_model(name, num_classes=classes, in_chans=chans, **OTHER_MODELS[change]).eval()
     partner = timm.create_model(baseline_partner(name), num_classes=classes, in_chans=chans).eval()
     x = torch.randn(1, chans, size, size)
-    codes = {"A": CHANGES[change], "B": []}
-    runners = {key: under(patches, lambda: make_runner(model, runtime, dtype, x, threads))()
+    codes = {"A": CHANGES.get(change, []), "B": []}
+    runners = {key: under(patches, lambda: make_runner(built[key], runtime, dtype, x, threads))()
                for key, patches in codes.items()}
     runners["F"] = make_runner(partner, runtime, dtype, x, threads)
     ready = runners["F"].prepare(x)
     runs = {key: under(codes.get(key, []), lambda runner=runner: runner(ready)) for key, runner in runners.items()}
     with torch.inference_mode():
-        diff = (runs["A"]() - runs["B"]()).abs().max().item()
+        diff = math.nan if change in OTHER_MODELS else (runs["A"]() - runs["B"]()).abs().max().item()
         times = time_alternating(runs, iters=400, warmup=20, per_round=5)
     stats, against = summarise(times, {"A": "F", "B": "F"})
     _, new_old = summarise(times, {"B": "A"})
