@@ -9,6 +9,8 @@ Changes (what A is):
   contiguous-grad  before: the training form's post-gate BatchNorms (PAT_ch's, PAT_sp's) take torch.cat's strided
                    gradient slice in their backward (patnet.layers.partial.contiguous_grad undone)
   summed-stats     before: the training form's gate statistics take means (spatial_mean_std without summed=True)
+  fp32-gate        candidate, not kept: PAT_ch's gate branch (statistics, scale, post-gate BN) in fp32 under bf16
+                   autocast, where ATen's bf16 broadcasts over 4x4 maps are slow
 
     .venv/bin/python docs/bench/train_ab.py CHANGE {fp32|bf16} {eager|compile} [MODEL] [STEPS] [SIZE BATCH]
 """
@@ -23,7 +25,15 @@ from patnet.layers import partial
 from patnet.models import baseline_partner, create_model
 
 SHIPPED_MEAN_STD = partial.spatial_mean_std
-CHANGES = {"contiguous-grad": [(partial, "contiguous_grad", lambda x: x)],
+def fp32_gate_forward(self, x):
+    convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
+    untouched = untouched.float()
+    gated = partial.contiguous_grad(self.norm(untouched * self.gate(untouched)))
+    return torch.cat((self.conv(convolved), gated.to(x.dtype)), dim=1)
+
+
+CHANGES = {"fp32-gate": [(partial.PartialChannelAttn, "forward", fp32_gate_forward)],
+           "contiguous-grad": [(partial, "contiguous_grad", lambda x: x)],
            "summed-stats": [(partial, "spatial_mean_std", lambda x, summed=False: SHIPPED_MEAN_STD(x))]}
 
 
