@@ -33,6 +33,7 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  floor a fused PAT block can approach (its B / A is PATNet's time over that floor's)
   pconv-last     not a change: A is the same variant with PConv instead of PAT_sf in the last stage (B / A is
                  what the attention costs)
+  no-spatial     not a change: A is the same variant without PAT_sp (patnet_t1 has it; B / A is what it costs)
 
     .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...}
 """
@@ -208,6 +209,7 @@ CHANGES = {
 OTHER_MODELS = {  # A is another model; no patches
     "pconv-floor": {"mixers": ("pconv",) * 4},
     "pconv-last": {"mixers": ("pat_ch",) * 3 + ("pconv",)},
+    "no-spatial": {"spatial_attn": False},
 }
 
 
