@@ -28,6 +28,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   conv-spatial   before: eager PAT_sp's one-channel spatial gate as F.conv2d, not a matrix-vector product of rows
   into-output    candidate, not kept: eager PAT_ch writes the conv and the scaled untouched channels into one
                  output (torch.mul(..., out=slice)) instead of scaling into a new map and concatenating
+  spatial-outer  candidate: the exported PAT_sp gate's factor s * k + p as one 1 -> C conv of s (weight k, bias p)
+  spatial-split  candidate: the exported PAT_sp gate on the attended channels only: [A * s * k + t, B]
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
                  floor a fused PAT block can approach (its B / A is PATNet's time over that floor's)
@@ -175,6 +177,27 @@ def into_output_candidate(self, x):
 SHIPPED_CONVS_WHEN_COMPILED = fused._convs_when_compiled
 
 
+SHIPPED_SPATIAL_GATE = fused.FusedSpatialGate.forward
+
+
+def spatial_outer_candidate(self, x):
+    if not fused._exporting():
+        return SHIPPED_SPATIAL_GATE(self, x)
+    spatial = F.hardsigmoid(F.conv2d(x, self.gate_weight))
+    factor = F.conv2d(spatial, self.gated_scale.view(-1, 1, 1, 1), self.passed.view(-1))
+    return torch.addcmul(self.shift, x, factor)
+
+
+def spatial_split_candidate(self, x):
+    if not fused._exporting():
+        return SHIPPED_SPATIAL_GATE(self, x)
+    gated = int((self.passed == 0).sum())
+    spatial = F.hardsigmoid(F.conv2d(x, self.gate_weight))
+    attended, passed = torch.split(x, [gated, x.shape[1] - gated], dim=1)
+    scaled = torch.addcmul(self.shift[:, :gated], attended * spatial, self.gated_scale[:, :gated])
+    return torch.cat((scaled, passed), dim=1)
+
+
 def no_autotune_candidate(dtype, device, settings=runtime_runner._compile_settings):
     return settings("fp32", device)
 
@@ -201,6 +224,8 @@ CHANGES = {
     "gate-sum": [(fused.FusedChannelGate, "forward", gate_sum_candidate)],
     "conv-spatial": [(fused.FusedSpatialGate, "_rows_product", lambda self, x: F.conv2d(x, self.gate_weight))],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
+    "spatial-outer": [(fused.FusedSpatialGate, "forward", spatial_outer_candidate)],
+    "spatial-split": [(fused.FusedSpatialGate, "forward", spatial_split_candidate)],
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
