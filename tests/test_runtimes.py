@@ -225,11 +225,31 @@ def test_export_openvino_writes_a_checked_ir(tmp_path, one_thread):
     model, x = small("patnet_t0"), batch(1, 3, 96, 96)
     report = export_openvino(model, tmp_path / "model.xml", x)
     assert report.fmt == "openvino" and report.relative_diff <= 1e-4 and "Convolution" in report.op_types
+    assert "HardSigmoid" not in report.op_types and "Clamp" in report.op_types  # the gates, as OpenVINO fuses them
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]
     compiled = ov.Core().compile_model(str(tmp_path / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     other = batch(1, 3, 96, 96, seed=1)
     output = torch.from_numpy(np.asarray(compiled(other.numpy())[0]))
     assert relative_difference(eager_reference(model, other), output) <= 1e-4
+
+
+def test_hardsigmoids_become_the_same_clamps_with_the_nodes_alpha_and_beta(tmp_path):
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper
+
+    from patnet.runtimes.external import hardsigmoids_as_clamps
+
+    node = helper.make_node("HardSigmoid", ["x"], ["y"], alpha=0.3, beta=0.4)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    core = ov.Core()
+    model = hardsigmoids_as_clamps(core.read_model(str(tmp_path / "g.onnx")))
+    assert "HardSigmoid" not in {op.get_type_name() for op in model.get_ordered_ops()}
+    x = np.linspace(-6.0, 6.0, 10, dtype=np.float32).reshape(2, 5)
+    output = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    np.testing.assert_allclose(output, np.clip(0.3 * x + 0.4, 0.0, 1.0), rtol=1e-6, atol=1e-7)
 
 
 def test_export_openvino_from_a_given_onnx_file(tmp_path):

@@ -28,6 +28,9 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   conv-spatial   before: eager PAT_sp's one-channel spatial gate as F.conv2d, not a matrix-vector product of rows
   into-output    candidate, not kept: eager PAT_ch writes the conv and the scaled untouched channels into one
                  output (torch.mul(..., out=slice)) instead of scaling into a new map and concatenating
+  gate-clip      candidate, not kept: the exported PAT_ch gate's hardsigmoid folded into its product (W / 6,
+                 b / 6 + 1/2) and a Clip to [0, 1] (OpenVINO fuses the Clip, ONNX Runtime only a HardSigmoid)
+  hardsigmoid    before: OpenVINO runs the exported HardSigmoid nodes as they are, not as Clamps it fuses
   spatial-outer  candidate: the exported PAT_sp gate's factor s * k + p as one 1 -> C conv of s (weight k, bias p)
   spatial-split  candidate: the exported PAT_sp gate on the attended channels only: [A * s * k + t, B]
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
@@ -51,7 +54,7 @@ from patnet.bench.timing import summarise, time_alternating
 from patnet.layers import fused
 from patnet.layers.stats import spatial_mean_std, stacked_mean_std
 from patnet.models import baseline_partner
-from patnet.runtimes import make_runner
+from patnet.runtimes import external, make_runner
 from patnet.runtimes import runner as runtime_runner
 
 
@@ -178,6 +181,15 @@ SHIPPED_CONVS_WHEN_COMPILED = fused._convs_when_compiled
 
 
 SHIPPED_SPATIAL_GATE = fused.FusedSpatialGate.forward
+SHIPPED_CHANNEL_GATE = fused.FusedChannelGate.forward
+
+
+def gate_clip_candidate(self, x):
+    if not fused._exporting():
+        return SHIPPED_CHANNEL_GATE(self, x)
+    weight, bias = self.whole()
+    stats = stacked_mean_std(x, traceable=True)
+    return torch.clamp(torch.addmm(bias / 6 + 0.5, stats, weight / 6), 0.0, 1.0)[:, :, None, None]
 
 
 def spatial_outer_candidate(self, x):
@@ -224,6 +236,8 @@ CHANGES = {
     "gate-sum": [(fused.FusedChannelGate, "forward", gate_sum_candidate)],
     "conv-spatial": [(fused.FusedSpatialGate, "_rows_product", lambda self, x: F.conv2d(x, self.gate_weight))],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
+    "gate-clip": [(fused.FusedChannelGate, "forward", gate_clip_candidate)],
+    "hardsigmoid": [(external, "hardsigmoids_as_clamps", lambda model: model)],
     "spatial-outer": [(fused.FusedSpatialGate, "forward", spatial_outer_candidate)],
     "spatial-split": [(fused.FusedSpatialGate, "forward", spatial_split_candidate)],
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
