@@ -54,7 +54,7 @@ from patnet.export import export_onnx
 from patnet.fileio import write_text_atomic
 from patnet.runtimes import FP32_RTOL, describe_cpu, make_runner, native_bf16, relative_difference
 from patnet.runtimes import runner as runners
-from patnet.runtimes.external import openvino_config
+from patnet.runtimes.external import openvino_config, read_openvino
 
 CASES = [("patnet_t2", "fasternet_t2", (3, 224, 224), 1000), ("patnet_t0", "fasternet_t0", (3, 224, 224), 1000),
          ("patnet_t0", "fasternet_t0", (1, 64, 64), 10)]
@@ -192,8 +192,8 @@ def openvino_profile(model: nn.Module, x: torch.Tensor, calls: int, precision: s
     labels = part_labels(model)
     with tempfile.TemporaryDirectory(prefix="patnet-profile-") as folder:
         path = export_onnx(model, Path(folder) / "model.onnx", x).path
-        config = {**openvino_config(precision, threads), "PERF_COUNT": True}
-        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+        config, core = {**openvino_config(precision, threads), "PERF_COUNT": True}, ov.Core()
+        request = core.compile_model(read_openvino(core, path), "CPU", config).create_infer_request()
     charges = Charges(calls)
     for _ in range(3):
         request.infer({0: x.numpy()})

@@ -7,7 +7,8 @@ form is compiled on one and two threads, bf16 and f32 (PERFORMANCE_HINT LATENCY,
 alternation (40 rounds of 10 calls); printed: the conv alone and each form's extra microseconds (medians).
 ``KEY=VALUE`` arguments add OpenVINO config entries to every compile (e.g. ``TBB_PARTITIONER=AUTO``).
 
-``nodes MODEL PX DTYPE THREADS TEXT``: OpenVINO's performance counters of MODEL's exported deploy form, microseconds
+``nodes MODEL PX DTYPE THREADS TEXT``: OpenVINO's performance counters of MODEL's exported deploy form as the
+openvino runtime compiles it (``read_openvino``: HardSigmoid gates as Clamps), microseconds
 per call over 100 calls, for the nodes whose name contains TEXT (e.g. ``stages.2/blocks/blocks.3/``).
 
     .venv/bin/python docs/bench/ov_small_graphs.py gate 160 14
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 import patnet  # noqa: F401
 from patnet.export import export_onnx
-from patnet.runtimes.external import openvino_config
+from patnet.runtimes.external import openvino_config, read_openvino
 
 
 def _std(variance, count):
@@ -103,7 +104,9 @@ def compare_forms(kind, channels, size, extra):
             for threads in (1, 2):
                 for dtype in ("bf16", "fp32"):
                     config = {**openvino_config(dtype, threads), **extra}
-                    requests[name, threads, dtype] = ov.Core().compile_model(path, "CPU", config).create_infer_request()
+                    core = ov.Core()
+                    requests[name, threads, dtype] = core.compile_model(read_openvino(core, path), "CPU",
+                                                                        config).create_infer_request()
     feed, times = {0: x.numpy()}, defaultdict(list)
     for _ in range(40):
         for key, request in requests.items():
@@ -123,8 +126,8 @@ def node_times(name, size, dtype, threads, text, calls=100):
     x = torch.randn(1, 3, size, size)
     with tempfile.TemporaryDirectory() as folder:
         path = export_onnx(model, f"{folder}/model.onnx", x).path
-        config = {**openvino_config(dtype, threads), "PERF_COUNT": True}
-        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+        config, core = {**openvino_config(dtype, threads), "PERF_COUNT": True}, ov.Core()
+        request = core.compile_model(read_openvino(core, path), "CPU", config).create_infer_request()
     for _ in range(50):
         request.infer({0: x.numpy()})
     spent = defaultdict(float)

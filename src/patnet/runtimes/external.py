@@ -104,15 +104,19 @@ def hardsigmoids_as_clamps(model):
     return model
 
 
+def read_openvino(core, onnx_path: str | Path):
+    """An exported ONNX file's OpenVINO model as the openvino runtime compiles it (:func:`hardsigmoids_as_clamps`)."""
+    return hardsigmoids_as_clamps(core.read_model(str(onnx_path)))
+
+
 def build_openvino(model, dtype, example, threads, device, form) -> tuple[Forward, Forward]:
-    """An OpenVINO CPU model compiled from the exported ONNX file (:func:`hardsigmoids_as_clamps`) with
+    """An OpenVINO CPU model compiled from the exported ONNX file (:func:`read_openvino`) with
     :func:`openvino_config`."""
     ov = require("openvino", "the openvino runtime")
     with tempfile.TemporaryDirectory(prefix="patnet-ov-") as folder:
         path = _onnx_file(model, example, folder, "the openvino runtime")
         core = ov.Core()
-        compiled = core.compile_model(hardsigmoids_as_clamps(core.read_model(str(path))), "CPU",
-                                      openvino_config(dtype, threads))
+        compiled = core.compile_model(read_openvino(core, path), "CPU", openvino_config(dtype, threads))
     precision = compiled.get_property("INFERENCE_PRECISION_HINT")
     if dtype == "bf16" and precision != ov.Type.bf16:
         raise InvalidValueError(f"OpenVINO would run this model in {precision.get_type_name()} on this CPU, not bf16; "
