@@ -94,8 +94,9 @@ def hardsigmoids_as_clamps(model):
     Convolution before them: PATNet's gates lose a node and two reorders each (patnet_t0 in bf16: 11 HardSigmoid
     and 22 of 95 reorders). One process on an AMD EPYC Zen 5, OpenVINO bf16, time with / without on one / two
     threads (docs/bench/change-ab.md): patnet_t0 0.967 / 0.964, at 64 px 0.959 / 0.959, patnet_t1 (PAT_sp's
-    gates too) 0.956 / 0.962, patnet_t2 0.987 / 0.995, patnet_s 0.992 (one); f32 0.99-1.01. ONNX files keep the
-    HardSigmoid, which ONNX Runtime fuses into the product (a Clip it would run as a node of its own)."""
+    gates too) 0.956 / 0.962, patnet_t2 0.987 / 0.995, patnet_s 0.992 (one); f32 0.96-1.02 (the spread). ONNX
+    files keep the HardSigmoid, which ONNX Runtime fuses into the product (a Clip it would run as a node of its
+    own)."""
     ops = importlib.import_module("openvino.opset13")
     for node in model.get_ordered_ops():
         if node.get_type_name() == "HardSigmoid":
