@@ -52,7 +52,7 @@ from patnet.bench.report import machine_info
 from patnet.deploy import deploy, fold_sequential_conv_bn
 from patnet.export import export_onnx
 from patnet.fileio import write_text_atomic
-from patnet.runtimes import FP32_RTOL, describe_cpu, make_runner, native_bf16, relative_difference
+from patnet.runtimes import FP32_RTOL, describe_cpu, make_runner, native_bf16, onnxruntime_options, relative_difference
 from patnet.runtimes import runner as runners
 from patnet.runtimes.external import openvino_config, read_openvino
 
@@ -160,15 +160,14 @@ def charge_events(events, calls: int, device_time: bool = False) -> Charges:
 
 
 def ort_profile(model: nn.Module, x: torch.Tensor, calls: int, threads: int) -> Charges:
-    """The same split from ONNX Runtime's profiler on the exported deploy form (all optimizations)."""
+    """The same split from ONNX Runtime's profiler on the exported deploy form, in the runner's session settings
+    (:func:`~patnet.runtimes.onnxruntime_options`)."""
     import onnxruntime as ort
 
     labels = part_labels(model)
     with tempfile.TemporaryDirectory(prefix="patnet-profile-") as folder:
         path = export_onnx(model, Path(folder) / "model.onnx", x).path
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = onnxruntime_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "ort")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

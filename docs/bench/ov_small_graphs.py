@@ -28,18 +28,15 @@ import torch.nn.functional as F
 
 import patnet  # noqa: F401
 from patnet.export import export_onnx
+from patnet.layers.stats import _unbiased_std as _std
+from patnet.layers.stats import stacked_mean_std
 from patnet.runtimes.external import openvino_config, read_openvino
 
 
-def _std(variance, count):
-    return torch.sqrt(variance * (count / (count - 1)))
-
-
 def gate_forms(count):
-    """``x -> [mean, std]`` rows, ``(B, 2C)``, in each exported form measured."""
+    """``x -> [mean, std]`` rows, ``(B, 2C)``, in each exported form measured (``shipped``: the deploy form's)."""
     def shipped(x):
-        mean = x.mean((2, 3), keepdim=True)
-        return torch.cat((mean, _std((x - mean).square().mean((2, 3), keepdim=True), count)), 1).flatten(1)
+        return stacked_mean_std(x, traceable=True)
 
     def one_pass(x):
         mean, square = x.mean((2, 3), keepdim=True), x.square().mean((2, 3), keepdim=True)

@@ -25,6 +25,8 @@ from patnet.layers import partial
 from patnet.models import baseline_partner, create_model
 
 SHIPPED_MEAN_STD = partial.spatial_mean_std
+
+
 def fp32_gate_forward(self, x):
     convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
     untouched = untouched.float()
