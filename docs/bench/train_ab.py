@@ -9,6 +9,8 @@ Changes (what A is):
   contiguous-grad  before: the training form's post-gate BatchNorms (PAT_ch's, PAT_sp's) take torch.cat's strided
                    gradient slice in their backward (patnet.layers.partial.contiguous_grad undone)
   summed-stats     before: the training form's gate statistics take means (spatial_mean_std without summed=True)
+  conv-gate        before: PAT_ch's gate runs its (1, 2) conv as a conv on the 1 x 2 map of statistics, not as
+                   the matrix product of the flattened statistics and weight
   fp32-gate        candidate, not kept: PAT_ch's gate branch (statistics, scale, post-gate BN) in fp32 under bf16
                    autocast, where ATen's bf16 broadcasts over 4x4 maps are slow
 
@@ -34,7 +36,13 @@ def fp32_gate_forward(self, x):
     return torch.cat((self.conv(convolved), gated.to(x.dtype)), dim=1)
 
 
-CHANGES = {"fp32-gate": [(partial.PartialChannelAttn, "forward", fp32_gate_forward)],
+def conv_gate_forward(self, x):
+    stats = torch.cat(partial.spatial_mean_std(x, summed=True), dim=3)
+    return torch.nn.functional.hardsigmoid(self.norm(self.conv(stats)))
+
+
+CHANGES = {"conv-gate": [(partial.GaussianChannelGate, "forward", conv_gate_forward)],
+           "fp32-gate": [(partial.PartialChannelAttn, "forward", fp32_gate_forward)],
            "contiguous-grad": [(partial, "contiguous_grad", lambda x: x)],
            "summed-stats": [(partial, "spatial_mean_std", lambda x, summed=False: SHIPPED_MEAN_STD(x))]}
 
