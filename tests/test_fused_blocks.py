@@ -1,6 +1,7 @@
 """Every fused (deployment-form) block equals its training form in eval mode, in each of its formulations,
 with random BN statistics, at the map sizes of a 224 and a 64 input and at non-square sizes."""
 import copy
+import math
 
 import pytest
 import timm
@@ -12,7 +13,7 @@ import patnet  # noqa: F401
 import patnet.layers.fused as fused_layers
 from patnet.deploy import deploy
 from patnet.layers.fused import FusedMlp, FusedPartialSelfAttn
-from patnet.layers.stats import compiled_mean_std, spatial_mean_std, stacked_mean_std
+from patnet.layers.stats import compiled_mean_std, mean_biased_std, spatial_mean_std, stacked_mean_std
 from patnet.models.patnet import PatBlock
 
 MAPS = {  # mixer -> map sizes: the stage's map at a 224 input, at a 64 input, non-square
@@ -109,11 +110,13 @@ def test_channel_gate_compiled_form_sums_bf16_weights_in_fp32():
     assert _relative_error(torch.addmm(gate.bias.float(), stats, weight), summed) <= 1e-5
 
 
+@pytest.mark.parametrize("size", [(9, 11), (2, 2), (1, 1)])
 @pytest.mark.parametrize("graph", ["eager", "compile"])
-def test_channel_gate_untouched_scale_is_the_whole_scale_on_gated_channels(graph, monkeypatch):
+def test_channel_gate_untouched_scale_is_the_whole_scale_on_gated_channels(graph, size, monkeypatch):
+    """The exported form (biased std, ``sqrt(n / (n - 1))`` in the weight) equals PyTorch's, single values too."""
     _, fused = _block_pair("pat_ch", False, seed=5)
     gate = fused.spatial_mixing.gate
-    x = torch.randn(1, 48, 9, 11, generator=torch.Generator().manual_seed(5)).contiguous(
+    x = torch.randn(1, 48, *size, generator=torch.Generator().manual_seed(5)).contiguous(
         memory_format=torch.channels_last)
     with torch.no_grad():
         whole = gate(x)
@@ -154,11 +157,15 @@ def test_stacked_statistics_equal_spatial_statistics(size, batch, channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     mean, std = spatial_mean_std(x)
     expected = torch.cat((mean.flatten(1), std.flatten(1)), dim=1)
-    for traceable in (False, True):
-        stacked = stacked_mean_std(x, traceable=traceable)
-        assert stacked.shape == (batch, 60)
-        torch.testing.assert_close(stacked, expected, rtol=1e-5, atol=1e-6)
+    stacked = stacked_mean_std(x)
+    assert stacked.shape == (batch, 60)
+    torch.testing.assert_close(stacked, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled_mean_std(x), expected, rtol=1e-5, atol=1e-6)
+    biased = mean_biased_std(x)
+    count = size[0] * size[1]
+    torch.testing.assert_close(biased[:, 30:] * math.sqrt(count / max(count - 1, 1)), expected[:, 30:],
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(biased[:, :30], expected[:, :30], rtol=1e-5, atol=1e-6)
 
 
 def test_summed_statistics_have_the_mean_forms_values_and_gradients():

@@ -3,7 +3,7 @@
 A = the alternative: an emulation of the code before a shipped change, or a candidate measured and not kept;
 B = the shipped code; F = FasterNet. Each is a runner from ``patnet.runtimes.make_runner`` (as in
 ``bench_regimes.py``), built and called with its code in force (compiled graphs are traced, and exports
-written, under it); batch 1, 20 warm-up + 400 timed calls each in rotating 5-call rounds; ratios are medians
+written, under it); batch 1, 20 warm-up + 400 (or CALLS) timed calls each in rotating 5-call rounds; ratios are medians
 of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is):
 
   gate           before: PAT_ch's eager gate slices the whole (C, 2C) matrix and transposes it on every call
@@ -19,8 +19,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   bf16-convs     candidate: compiled bf16 takes the exported graph's conv form (MLP products as oneDNN 1x1
                  convs, attention channels-first) as compiled fp32 does where MKL is slow
   unpacked-convs before: eager partial 3x3 convs through F.conv2d, not oneDNN's conv with a packed weight
-  gate-nodes     candidate: the exported gate without the std's n / (n - 1) multiply (sqrt of it folded into
-                 the weight's std rows) and with one Reshape for the two Unsqueezes (12 -> 10 nodes a gate)
+  gate-nodes     before: the exported gate multiplies the variance by n / (n - 1) (now sqrt of it is in the
+                 weight's std rows) and unsqueezes the scale twice (now one Reshape): 12 -> 10 nodes a gate
   untouched-gate candidate, not kept: the exported gate multiplies only the gated channels' statistics by their
                  (2(C - passed), C - passed) matrix (56% of the whole one's bytes) and pads the scale with ones
   gate-sum       candidate, not kept: the exported gate's product as a multiply and a ReduceSum (the compiled
@@ -40,7 +40,7 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  what the attention costs)
   no-spatial     not a change: A is the same variant without PAT_sp (patnet_t1 has it; B / A is what it costs)
 
-    .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...}
+    .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...} [CALLS]
 """
 import math
 import sys
@@ -145,15 +145,10 @@ def explicit_attn_candidate(self, untouched):
     return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
 
 
-def gate_nodes_candidate(self, x):
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    biased_std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
-    count = x.shape[2] * x.shape[3]
+def gate_nodes_before(self, x):
+    stats = torch.cat(spatial_mean_std(x), dim=1).flatten(1)
     weight, bias = self.whole()
-    channels = weight.shape[1]
-    weight = torch.cat((weight[:channels], weight[channels:] * math.sqrt(count / max(count - 1, 1))))
-    stats = torch.cat((mean, biased_std), dim=1).flatten(1)
-    return fused._gate_scale(stats, weight, bias).reshape(-1, channels, 1, 1)
+    return fused._gate_scale(stats, weight, bias)[:, :, None, None]
 
 
 def untouched_gate_candidate(self, x):
@@ -165,7 +160,7 @@ def untouched_gate_candidate(self, x):
 
 def gate_sum_candidate(self, x):
     weight, bias = self.whole()
-    stats = stacked_mean_std(x, traceable=True)
+    stats = torch.cat(spatial_mean_std(x), dim=1).flatten(1)
     return F.hardsigmoid((stats[:, :, None] * weight).sum(dim=1) + bias)[:, :, None, None]
 
 
@@ -188,7 +183,7 @@ def gate_clip_candidate(self, x):
     if not fused._exporting():
         return SHIPPED_CHANNEL_GATE(self, x)
     weight, bias = self.whole()
-    stats = stacked_mean_std(x, traceable=True)
+    stats = torch.cat(spatial_mean_std(x), dim=1).flatten(1)
     return torch.clamp(torch.addmm(bias / 6 + 0.5, stats, weight / 6), 0.0, 1.0)[:, :, None, None]
 
 
@@ -231,7 +226,7 @@ CHANGES = {
     "onednn-gelu": [(fused.FusedMlp, "_on_rows", onednn_gelu_candidate)],
     "explicit-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", explicit_attn_candidate)],
     "bf16-convs": [(fused, "_convs_when_compiled", bf16_convs_candidate)],
-    "gate-nodes": [(fused.FusedChannelGate, "forward", gate_nodes_candidate)],
+    "gate-nodes": [(fused.FusedChannelGate, "forward", gate_nodes_before)],
     "untouched-gate": [(fused.FusedChannelGate, "forward", untouched_gate_candidate)],
     "gate-sum": [(fused.FusedChannelGate, "forward", gate_sum_candidate)],
     "conv-spatial": [(fused.FusedSpatialGate, "_rows_product", lambda self, x: F.conv2d(x, self.gate_weight))],
@@ -268,6 +263,7 @@ def under(patches, work):
 
 def main() -> None:
     change, runtime, dtype, threads, case = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    calls = int(sys.argv[6]) if len(sys.argv) > 6 else 400
     torch.set_num_threads(threads)
     size, chans, classes, name = (64, 1, 10, "patnet_t0") if case == "64" else (224, 3, 1000, case)
     if change not in CHANGES and change not in OTHER_MODELS:
@@ -286,7 +282,7 @@ def main() -> None:
     runs = {key: under(codes.get(key, []), lambda runner=runner: runner(ready)) for key, runner in runners.items()}
     with torch.inference_mode():
         diff = math.nan if change in OTHER_MODELS else (runs["A"]() - runs["B"]()).abs().max().item()
-        times = time_alternating(runs, iters=400, warmup=20, per_round=5)
+        times = time_alternating(runs, iters=calls, warmup=20, per_round=5)
     stats, against = summarise(times, {"A": "F", "B": "F"})
     _, new_old = summarise(times, {"B": "A"})
     ms = " | ".join(f"{stats[k].median_ms:.3f}" for k in "ABF")

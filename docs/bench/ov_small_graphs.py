@@ -29,14 +29,14 @@ import torch.nn.functional as F
 import patnet  # noqa: F401
 from patnet.export import export_onnx
 from patnet.layers.stats import _unbiased_std as _std
-from patnet.layers.stats import stacked_mean_std
+from patnet.layers.stats import mean_biased_std
 from patnet.runtimes.external import openvino_config, read_openvino
 
 
 def gate_forms(count):
     """``x -> [mean, std]`` rows, ``(B, 2C)``, in each exported form measured (``shipped``: the deploy form's)."""
     def shipped(x):
-        return stacked_mean_std(x, traceable=True)
+        return mean_biased_std(x)
 
     def one_pass(x):
         mean, square = x.mean((2, 3), keepdim=True), x.square().mean((2, 3), keepdim=True)

@@ -35,12 +35,25 @@ def _spatial_average(x: Tensor, count: int, summed: bool) -> Tensor:
     return x.mean(dim=(2, 3), keepdim=True)
 
 
+def bessel_factor(count: int) -> float:
+    """``n / (n - 1)``, which turns the biased variance of ``n`` values into the unbiased one (1 for one value)."""
+    return count / max(count - 1, 1)
+
+
 def _unbiased_std(variance: Tensor, count: int) -> Tensor:
     """``sqrt(variance * n / (n - 1))`` from the biased variance of ``n`` values (0 for a single value)."""
-    return torch.sqrt(variance * (count / max(count - 1, 1)))
+    return torch.sqrt(variance * bessel_factor(count))
 
 
-def stacked_mean_std(x: Tensor, traceable: bool = False) -> Tensor:
+def mean_biased_std(x: Tensor) -> Tensor:
+    """``(B, 2C)`` rows ``[mean, biased std]`` over H and W, two passes (the exported gate's statistics: its
+    weight's std rows carry ``sqrt(n / (n - 1))``, :func:`bessel_factor`)."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
+    return torch.cat((mean, std), dim=1).flatten(1)
+
+
+def stacked_mean_std(x: Tensor) -> Tensor:
     """:func:`spatial_mean_std` as ``(B, 2C)`` rows ``[mean, std]``, for inference (not differentiable).
 
     A single channels-last sample goes through ATen's BatchNorm statistics kernel: its batch statistics
@@ -49,13 +62,12 @@ def stacked_mean_std(x: Tensor, traceable: bool = False) -> Tensor:
     2x faster at 30x56x56, 2.5x at 240x7x7 (three ops instead of six; the per-call cost dominates small
     maps). Whole models, eager, one process against FasterNet: on the Xeon fp32 T0 0.93 -> 0.90, T2
     0.75 -> 0.74 (1 thread); on an AMD EPYC fp32 unchanged (new / old 0.99-1.02), bf16 1-3% faster.
-    NCHW maps, batches, inputs that need gradients and ``traceable`` calls (graphs for torch.compile or
-    an export) take :func:`spatial_mean_std` (the kernel is slower on NCHW planes and has no gradient,
-    ONNX or inductor form).
+    NCHW maps, batches and inputs that need gradients take :func:`spatial_mean_std` (the kernel is slower
+    on NCHW planes and has no gradient).
     """
     batch, channels, height, width = x.shape
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
-    if traceable or batch != 1 or x.requires_grad or not channels_last:
+    if batch != 1 or x.requires_grad or not channels_last:
         return torch.cat(spatial_mean_std(x), dim=1).flatten(1)
     mean, variance = torch.batch_norm_update_stats(x, None, None, 0.0)
     return torch.cat((mean, _unbiased_std(variance, height * width))).view(1, 2 * channels)
