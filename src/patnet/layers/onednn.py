@@ -68,7 +68,8 @@ def takes_onednn_conv(x: Tensor, conv: nn.Conv2d) -> bool:
         return False
     weight = conv.weight
     out_height, out_width = (size // stride for size, stride in zip(x.shape[2:], conv.stride))
-    if x.shape[0] * out_height * out_width * weight[0].numel() * weight.shape[0] < MIN_MACS:
+    out_channels, in_channels, kernel_height, kernel_width = weight.shape  # shapes, not weight[0]: no select op
+    if x.shape[0] * out_height * out_width * in_channels * kernel_height * kernel_width * out_channels < MIN_MACS:
         return False
     return _onednn_inference(x, weight)
 
