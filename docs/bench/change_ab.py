@@ -33,6 +33,11 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   hardsigmoid    before: OpenVINO runs the exported HardSigmoid nodes as they are, not as Clamps it fuses
   spatial-outer  candidate: the exported PAT_sp gate's factor s * k + p as one 1 -> C conv of s (weight k, bias p)
   spatial-split  candidate: the exported PAT_sp gate on the attended channels only: [A * s * k + t, B]
+  ln-op          candidate, not kept: PAT_sf's exported LayerNorm as one LayerNormalization node between two
+                 Transposes (three nodes instead of seven)
+  spatial-max    candidate, not kept: the exported PAT_sp with its BN scale folded into the project rows, its
+                 gate conv composed onto the hidden map (2C -> 1) and the factor as Max(s, p): two whole-map
+                 nodes fewer
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
                  floor a fused PAT block can approach (its B / A is PATNet's time over that floor's)
@@ -205,6 +210,33 @@ def spatial_split_candidate(self, x):
     return torch.cat((scaled, passed), dim=1)
 
 
+SHIPPED_ATTEND = fused.FusedPartialSelfAttn._attend_channels_first
+
+
+def ln_op_candidate(self, untouched):
+    if not fused._exporting():
+        return SHIPPED_ATTEND(self, untouched)
+    normed = F.layer_norm(untouched.permute(0, 2, 3, 1), (self.untouched_dim,), eps=self.eps)
+    return self._attend_normed(normed.permute(0, 3, 1, 2))
+
+
+SHIPPED_MLP_FORWARD = fused.FusedMlp.forward
+
+
+def spatial_max_candidate(self, x, residual=None):
+    if not (fused._exporting() and self.spatially_gated):
+        return SHIPPED_MLP_FORWARD(self, x, residual)
+    gate = self.spatial_gate
+    hidden = self.act(F.conv2d(x, fused._as_conv_weight(self.expand_weight), self.expand_bias))
+    project, scale = self.project_weight.t(), (gate.gated_scale + gate.passed).view(-1)
+    gate_row = gate.gate_weight.view(-1)
+    out = F.conv2d(hidden, (project * scale[:, None])[:, :, None, None], self.project_bias * scale)
+    spatial = F.hardsigmoid(F.conv2d(hidden, (gate_row @ project)[None, :, None, None],
+                                     (gate_row @ self.project_bias)[None]))
+    out = out * torch.maximum(spatial, gate.passed) + gate.shift
+    return out if residual is None else residual + out
+
+
 def no_autotune_candidate(dtype, device, settings=runtime_runner._compile_settings):
     return settings("fp32", device)
 
@@ -235,6 +267,8 @@ CHANGES = {
     "hardsigmoid": [(external, "hardsigmoids_as_clamps", lambda model: model)],
     "spatial-outer": [(fused.FusedSpatialGate, "forward", spatial_outer_candidate)],
     "spatial-split": [(fused.FusedSpatialGate, "forward", spatial_split_candidate)],
+    "ln-op": [(fused.FusedPartialSelfAttn, "_attend_channels_first", ln_op_candidate)],
+    "spatial-max": [(fused.FusedMlp, "forward", spatial_max_candidate)],
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }

@@ -288,9 +288,12 @@ class FusedPartialSelfAttn(_PartialMixer):
         ``proj`` as 1x1 convs, heads as ``(B, heads, head_dim, H*W)`` with transposed matmul operands.
         No layout change, so graph runtimes keep their blocked layouts (OpenVINO bf16: patnet_t2 0.87x
         FasterNet-T2 with this form, 1.00x with the token form)."""
-        batch, _, height, width = untouched.shape
         centred = untouched - untouched.mean(dim=1, keepdim=True)
-        normed = centred * torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + self.eps)
+        return self._attend_normed(centred * torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + self.eps))
+
+    def _attend_normed(self, normed: Tensor) -> Tensor:
+        """:meth:`_attend_channels_first` after the LayerNorm's normalisation."""
+        batch, _, height, width = normed.shape
         qkv = F.conv2d(normed, _as_conv_weight(self.qkv_weight), self.qkv_bias)
         q, k, v = qkv.reshape(batch, 3, self.num_heads, self.head_dim, height * width).unbind(1)
         logits = torch.matmul(q.transpose(-1, -2), k) + self.attention_bias(height, width)
