@@ -54,7 +54,8 @@ from patnet.export import export_onnx
 from patnet.fileio import write_text_atomic
 from patnet.runtimes import FP32_RTOL, describe_cpu, make_runner, native_bf16, onnxruntime_options, relative_difference
 from patnet.runtimes import runner as runners
-from patnet.runtimes.external import openvino_config, read_openvino
+from patnet.runtimes.external import openvino_config
+from patnet.runtimes.ov_passes import read_openvino
 
 CASES = [("patnet_t2", "fasternet_t2", (3, 224, 224), 1000), ("patnet_t0", "fasternet_t0", (3, 224, 224), 1000),
          ("patnet_t0", "fasternet_t0", (1, 64, 64), 10)]

@@ -238,7 +238,7 @@ def test_hardsigmoids_become_the_same_clamps_with_the_nodes_alpha_and_beta(tmp_p
     import openvino as ov
     from onnx import TensorProto, helper
 
-    from patnet.runtimes.external import hardsigmoids_as_clamps
+    from patnet.runtimes.ov_passes import hardsigmoids_as_clamps
 
     node = helper.make_node("HardSigmoid", ["x"], ["y"], alpha=0.3, beta=0.4)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
@@ -250,6 +250,42 @@ def test_hardsigmoids_become_the_same_clamps_with_the_nodes_alpha_and_beta(tmp_p
     x = np.linspace(-6.0, 6.0, 10, dtype=np.float32).reshape(2, 5)
     output = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
     np.testing.assert_allclose(output, np.clip(0.3 * x + 0.4, 0.0, 1.0), rtol=1e-6, atol=1e-7)
+
+
+def test_channel_layernorms_become_one_mvn_over_channels_with_the_same_values(tmp_path):
+    """The export's LayerNorm over channels (Transpose, LayerNormalization, Transpose) reads as one MVN over axis 1
+    with the node's epsilon and affine; a LayerNorm over another axis stays as it is."""
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    from patnet.runtimes.ov_passes import layernorms_channels_first
+
+    rng = np.random.default_rng(0)
+    scale, shift = rng.normal(size=5).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("LayerNormalization", ["t", "scale", "shift"], ["n"], axis=-1, epsilon=0.01),
+             helper.make_node("Transpose", ["n"], ["y"], perm=[0, 3, 1, 2]),
+             helper.make_node("LayerNormalization", ["x", "width_scale", "width_shift"], ["z"], axis=-1)]
+    initializers = [numpy_helper.from_array(scale, "scale"), numpy_helper.from_array(shift, "shift"),
+                    numpy_helper.from_array(np.ones(3, np.float32), "width_scale"),
+                    numpy_helper.from_array(np.zeros(3, np.float32), "width_shift")]
+    shape = [2, 5, 4, 3]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name in "yz"],
+                              initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "g.onnx"))
+    core = ov.Core()
+    model = layernorms_channels_first(core.read_model(str(tmp_path / "g.onnx")))
+    assert [op.get_type_name() for op in model.get_ordered_ops()].count("Transpose") == 0
+    x = rng.normal(size=shape).astype(np.float32) * 3 + 1
+    y, z = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x).values()
+    centred = x - x.mean(axis=1, keepdims=True)
+    expected = centred / np.sqrt((centred ** 2).mean(axis=1, keepdims=True) + 0.01)
+    np.testing.assert_allclose(y, expected * scale[:, None, None] + shift[:, None, None], rtol=1e-5, atol=1e-5)
+    width_centred = x - x.mean(axis=3, keepdims=True)
+    np.testing.assert_allclose(z, width_centred / np.sqrt((width_centred ** 2).mean(axis=3, keepdims=True) + 1e-5),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_export_openvino_from_a_given_onnx_file(tmp_path):

@@ -33,8 +33,9 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   hardsigmoid    before: OpenVINO runs the exported HardSigmoid nodes as they are, not as Clamps it fuses
   spatial-outer  candidate: the exported PAT_sp gate's factor s * k + p as one 1 -> C conv of s (weight k, bias p)
   spatial-split  candidate: the exported PAT_sp gate on the attended channels only: [A * s * k + t, B]
-  ln-op          candidate, not kept: PAT_sf's exported LayerNorm as one LayerNormalization node between two
-                 Transposes (three nodes instead of seven)
+  ln-op          before: PAT_sf's exported LayerNorm decomposed into seven nodes (mean, centring, square, mean,
+                 epsilon, root, scale), not one LayerNormalization between two Transposes (which the openvino
+                 runtime now reads as one MVN over the channels)
   spatial-max    candidate, not kept: the exported PAT_sp with its BN scale folded into the project rows, its
                  gate conv composed onto the hidden map (2C -> 1) and the factor as Max(s, p): two whole-map
                  nodes fewer
@@ -59,7 +60,7 @@ from patnet.bench.timing import summarise, time_alternating
 from patnet.layers import fused
 from patnet.layers.stats import spatial_mean_std, stacked_mean_std
 from patnet.models import baseline_partner
-from patnet.runtimes import external, make_runner
+from patnet.runtimes import make_runner, ov_passes
 from patnet.runtimes import runner as runtime_runner
 
 
@@ -210,14 +211,9 @@ def spatial_split_candidate(self, x):
     return torch.cat((scaled, passed), dim=1)
 
 
-SHIPPED_ATTEND = fused.FusedPartialSelfAttn._attend_channels_first
-
-
-def ln_op_candidate(self, untouched):
-    if not fused._exporting():
-        return SHIPPED_ATTEND(self, untouched)
-    normed = F.layer_norm(untouched.permute(0, 2, 3, 1), (self.untouched_dim,), eps=self.eps)
-    return self._attend_normed(normed.permute(0, 3, 1, 2))
+def ln_op_before(self, untouched):
+    centred = untouched - untouched.mean(dim=1, keepdim=True)
+    return self._attend_normed(centred * torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + self.eps))
 
 
 SHIPPED_MLP_FORWARD = fused.FusedMlp.forward
@@ -264,10 +260,10 @@ CHANGES = {
     "conv-spatial": [(fused.FusedSpatialGate, "_rows_product", lambda self, x: F.conv2d(x, self.gate_weight))],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
     "gate-clip": [(fused.FusedChannelGate, "forward", gate_clip_candidate)],
-    "hardsigmoid": [(external, "hardsigmoids_as_clamps", lambda model: model)],
+    "hardsigmoid": [(ov_passes, "hardsigmoids_as_clamps", lambda model: model)],
     "spatial-outer": [(fused.FusedSpatialGate, "forward", spatial_outer_candidate)],
     "spatial-split": [(fused.FusedSpatialGate, "forward", spatial_split_candidate)],
-    "ln-op": [(fused.FusedPartialSelfAttn, "_attend_channels_first", ln_op_candidate)],
+    "ln-op": [(fused.FusedPartialSelfAttn, "_attend_channels_first", ln_op_before)],
     "spatial-max": [(fused.FusedMlp, "forward", spatial_max_candidate)],
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],

@@ -30,7 +30,8 @@ import patnet  # noqa: F401
 from patnet.export import export_onnx
 from patnet.layers.stats import _unbiased_std as _std
 from patnet.layers.stats import mean_biased_std
-from patnet.runtimes.external import openvino_config, read_openvino
+from patnet.runtimes.external import openvino_config
+from patnet.runtimes.ov_passes import read_openvino
 
 
 def gate_forms(count):

@@ -284,15 +284,18 @@ class FusedPartialSelfAttn(_PartialMixer):
         return packed.product(rows, matrix, bias)
 
     def _attend_channels_first(self, untouched: Tensor) -> Tensor:
-        """The exported graph's form: the map stays ``(B, Cu, H, W)``; LayerNorm over channels, ``qkv`` and
-        ``proj`` as 1x1 convs, heads as ``(B, heads, head_dim, H*W)`` with transposed matmul operands.
-        No layout change, so graph runtimes keep their blocked layouts (OpenVINO bf16: patnet_t2 0.87x
-        FasterNet-T2 with this form, 1.00x with the token form)."""
-        centred = untouched - untouched.mean(dim=1, keepdim=True)
-        return self._attend_normed(centred * torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + self.eps))
+        """The exported graph's form: the map stays ``(B, Cu, H, W)``; ``qkv`` and ``proj`` as 1x1 convs, heads as
+        ``(B, heads, head_dim, H*W)`` with transposed matmul operands. No layout change, so graph runtimes keep
+        their blocked layouts (OpenVINO bf16: patnet_t2 0.87x FasterNet-T2 with this form, 1.00x with the token
+        form). The LayerNorm over channels is ``F.layer_norm`` of the channels-last view: ONNX LayerNormalization
+        between two Transposes, which ONNX Runtime runs as one kernel and the openvino runtime reads as one MVN
+        over the channel axis (:func:`~patnet.runtimes.ov_passes.layernorms_channels_first`). Against the
+        decomposed normalisation (seven nodes), one process on an AMD EPYC Zen 5 (docs/bench/change-ab.md)."""
+        normed = F.layer_norm(untouched.permute(0, 2, 3, 1), (self.untouched_dim,), eps=self.eps)
+        return self._attend_normed(normed.permute(0, 3, 1, 2))
 
     def _attend_normed(self, normed: Tensor) -> Tensor:
-        """:meth:`_attend_channels_first` after the LayerNorm's normalisation."""
+        """:meth:`_attend_channels_first` after the LayerNorm: attention over a normalised channels-first map."""
         batch, _, height, width = normed.shape
         qkv = F.conv2d(normed, _as_conv_weight(self.qkv_weight), self.qkv_bias)
         q, k, v = qkv.reshape(batch, 3, self.num_heads, self.head_dim, height * width).unbind(1)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..deploy import deploy
 from ..errors import InvalidValueError
 from ..fileio import atomic_path
+from .ov_passes import read_openvino, rewritten
 from .runner import FP32_RTOL, Forward, relative_difference
 
 if TYPE_CHECKING:
@@ -87,29 +88,6 @@ def openvino_config(dtype: str, threads: int | None) -> dict[str, object]:
     return config
 
 
-def hardsigmoids_as_clamps(model):
-    """``model`` (an OpenVINO model) with each ``HardSigmoid(x, alpha, beta)`` replaced, in place, by the same
-    function as ``Clamp(x * alpha + beta, 0, 1)``. OpenVINO's CPU plugin runs a HardSigmoid as a reference kernel
-    of its own, between layout reorders, where it fuses the multiply, add and clamp into the FullyConnected or
-    Convolution before them: PATNet's gates lose a node and two reorders each (patnet_t0 in bf16: 11 HardSigmoid
-    and 22 of 95 reorders). One process on an AMD EPYC Zen 5, OpenVINO bf16, time with / without on one / two
-    threads (docs/bench/change-ab.md): patnet_t0 0.967 / 0.964, at 64 px 0.959 / 0.959, patnet_t1 (PAT_sp's
-    gates too) 0.956 / 0.962, patnet_t2 0.987 / 0.995, patnet_s 0.992 (one); f32 0.96-1.02 (the spread). ONNX
-    files keep the HardSigmoid, which ONNX Runtime fuses into the product (a Clip it would run as a node of its
-    own)."""
-    ops = importlib.import_module("openvino.opset13")
-    for node in model.get_ordered_ops():
-        if node.get_type_name() == "HardSigmoid":
-            x, alpha, beta = (node.input_value(i) for i in range(3))
-            node.output(0).replace(ops.clamp(ops.add(ops.multiply(x, alpha), beta), 0.0, 1.0).output(0))
-    return model
-
-
-def read_openvino(core, onnx_path: str | Path):
-    """An exported ONNX file's OpenVINO model as the openvino runtime compiles it (:func:`hardsigmoids_as_clamps`)."""
-    return hardsigmoids_as_clamps(core.read_model(str(onnx_path)))
-
-
 def build_openvino(model, dtype, example, threads, device, form) -> tuple[Forward, Forward]:
     """An OpenVINO CPU model compiled from the exported ONNX file (:func:`read_openvino`) with
     :func:`openvino_config`."""
@@ -130,9 +108,10 @@ def build_openvino(model, dtype, example, threads, device, form) -> tuple[Forwar
 
 
 def _save_ir(ov: ModuleType, onnx_path: Path, xml: Path, binary: Path) -> list[str]:
-    """Convert ``onnx_path`` (:func:`hardsigmoids_as_clamps`) and write the IR to ``xml`` and ``binary`` (fp32
+    """Convert ``onnx_path`` (with :func:`~patnet.runtimes.ov_passes.rewritten`) and write the IR to ``xml`` and
+    ``binary`` (fp32
     weights); its op types."""
-    converted = hardsigmoids_as_clamps(ov.convert_model(str(onnx_path)))
+    converted = rewritten(ov.convert_model(str(onnx_path)))
     saved_binary = xml.with_suffix(".bin")  # save_model writes the weights beside the .xml
     try:
         ov.save_model(converted, str(xml), compress_to_fp16=False)
