@@ -40,6 +40,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  gate conv composed onto the hidden map (2C -> 1) and the factor as Max(s, p): two whole-map
                  nodes fewer
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
+  unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped), so
+                 B / A is what the gates cost; the outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
                  floor a fused PAT block can approach (its B / A is PATNet's time over that floor's)
   pconv-last     not a change: A is the same variant with PConv instead of PAT_sf in the last stage (B / A is
@@ -233,6 +235,14 @@ def spatial_max_candidate(self, x, residual=None):
     return out if residual is None else residual + out
 
 
+def unit_scale(self, x):
+    return torch.ones_like(x[:, :, :1, :1])
+
+
+def unit_untouched_scale(self, x):
+    return torch.ones_like(x[:, self.passed:, :1, :1])
+
+
 def no_autotune_candidate(dtype, device, settings=runtime_runner._compile_settings):
     return settings("fp32", device)
 
@@ -265,6 +275,8 @@ CHANGES = {
     "spatial-split": [(fused.FusedSpatialGate, "forward", spatial_split_candidate)],
     "ln-op": [(fused.FusedPartialSelfAttn, "_attend_channels_first", ln_op_before)],
     "spatial-max": [(fused.FusedMlp, "forward", spatial_max_candidate)],
+    "unit-gates": [(fused.FusedChannelGate, "forward", unit_scale),
+                   (fused.FusedChannelGate, "untouched_scale", unit_untouched_scale)],
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
