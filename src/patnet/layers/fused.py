@@ -131,9 +131,9 @@ class FusedChannelGate(nn.Module):
         """The scale of every channel, ``(B, C, 1, 1)``: the exported graph's form. The statistics take the biased
         std, whose ``sqrt(n / (n - 1))`` the weight's std rows carry (a constant of the traced map size), and the
         scale is reshaped once: two nodes fewer a gate than the unbiased std's multiply and two unsqueezes. Per
-        node, not per element, is what a small map costs: one process on an AMD EPYC Zen 5, one thread, time
-        with / without, patnet_t0 at 64 px ONNX Runtime 0.91-0.95, OpenVINO f32 0.98, bf16 0.99; at 224 px
-        ONNX Runtime 0.97-0.98, OpenVINO 0.99-1.00 (docs/bench/change-ab.md)."""
+        node, not per element, is what a small map costs: one process on an AMD EPYC Zen 5, one / two threads,
+        time with / without, patnet_t0 at 64 px ONNX Runtime 0.95 / 0.94, OpenVINO 0.96-1.00; at 224 px ONNX
+        Runtime 0.98 / 0.97, OpenVINO 0.99-1.01 (docs/bench/change-ab.md)."""
         count = x.shape[2] * x.shape[3]
         weight, bias = self.whole(math.sqrt(bessel_factor(count)))
         return _gate_scale(mean_biased_std(x), weight, bias).reshape(-1, weight.shape[1], 1, 1)
@@ -289,8 +289,9 @@ class FusedPartialSelfAttn(_PartialMixer):
         their blocked layouts (OpenVINO bf16: patnet_t2 0.87x FasterNet-T2 with this form, 1.00x with the token
         form). The LayerNorm over channels is ``F.layer_norm`` of the channels-last view: ONNX LayerNormalization
         between two Transposes, which ONNX Runtime runs as one kernel and the openvino runtime reads as one MVN
-        over the channel axis (:func:`~patnet.runtimes.ov_passes.layernorms_channels_first`). Against the
-        decomposed normalisation (seven nodes), one process on an AMD EPYC Zen 5 (docs/bench/change-ab.md)."""
+        over the channel axis (:func:`~patnet.runtimes.ov_passes.layernorms_channels_first`). One process on an
+        AMD EPYC Zen 5, time with / without against the decomposed normalisation (seven nodes): ONNX Runtime
+        0.94-0.99, OpenVINO 0.99-1.00 (docs/bench/change-ab.md)."""
         normed = F.layer_norm(untouched.permute(0, 2, 3, 1), (self.untouched_dim,), eps=self.eps)
         return self._attend_normed(normed.permute(0, 3, 1, 2))
 

@@ -109,8 +109,7 @@ def build_openvino(model, dtype, example, threads, device, form) -> tuple[Forwar
 
 def _save_ir(ov: ModuleType, onnx_path: Path, xml: Path, binary: Path) -> list[str]:
     """Convert ``onnx_path`` (with :func:`~patnet.runtimes.ov_passes.rewritten`) and write the IR to ``xml`` and
-    ``binary`` (fp32
-    weights); its op types."""
+    ``binary`` (fp32 weights); its op types."""
     converted = rewritten(ov.convert_model(str(onnx_path)))
     saved_binary = xml.with_suffix(".bin")  # save_model writes the weights beside the .xml
     try:
