@@ -66,6 +66,11 @@ from patnet.runtimes import make_runner, ov_passes
 from patnet.runtimes import runner as runtime_runner
 
 
+def unbiased_rows(x):
+    """``(B, 2C)`` rows ``[mean, unbiased std]`` as the exported gate took them before the 10-node form."""
+    return torch.cat(spatial_mean_std(x), dim=1).flatten(1)
+
+
 def gate_before(self, x):
     if "_before" not in self.__dict__:
         weight, bias = self.whole()
@@ -154,7 +159,7 @@ def explicit_attn_candidate(self, untouched):
 
 
 def gate_nodes_before(self, x):
-    stats = torch.cat(spatial_mean_std(x), dim=1).flatten(1)
+    stats = unbiased_rows(x)
     weight, bias = self.whole()
     return fused._gate_scale(stats, weight, bias)[:, :, None, None]
 
@@ -168,7 +173,7 @@ def untouched_gate_candidate(self, x):
 
 def gate_sum_candidate(self, x):
     weight, bias = self.whole()
-    stats = torch.cat(spatial_mean_std(x), dim=1).flatten(1)
+    stats = unbiased_rows(x)
     return F.hardsigmoid((stats[:, :, None] * weight).sum(dim=1) + bias)[:, :, None, None]
 
 
@@ -191,7 +196,7 @@ def gate_clip_candidate(self, x):
     if not fused._exporting():
         return SHIPPED_CHANNEL_GATE(self, x)
     weight, bias = self.whole()
-    stats = torch.cat(spatial_mean_std(x), dim=1).flatten(1)
+    stats = unbiased_rows(x)
     return torch.clamp(torch.addmm(bias / 6 + 0.5, stats, weight / 6), 0.0, 1.0)[:, :, None, None]
 
 

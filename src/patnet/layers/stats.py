@@ -22,10 +22,15 @@ def spatial_mean_std(x: Tensor, summed: bool = False) -> tuple[Tensor, Tensor]:
     1.3x slower at 4x4. Whole training steps: docs/bench/training.md. The deploy form's graphs (exports) keep
     the means: ReduceMean is one node, a sum and a division two.
     """
+    mean, variance = _mean_variance(x, summed)
+    return mean, _unbiased_std(variance, x.shape[2] * x.shape[3])
+
+
+def _mean_variance(x: Tensor, summed: bool = False) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance over H and W, each ``(B, C, 1, 1)``: two passes."""
     count = x.shape[2] * x.shape[3]
     mean = _spatial_average(x, count, summed)
-    variance = _spatial_average((x - mean).square(), count, summed)
-    return mean, _unbiased_std(variance, count)
+    return mean, _spatial_average((x - mean).square(), count, summed)
 
 
 def _spatial_average(x: Tensor, count: int, summed: bool) -> Tensor:
@@ -48,9 +53,8 @@ def _unbiased_std(variance: Tensor, count: int) -> Tensor:
 def mean_biased_std(x: Tensor) -> Tensor:
     """``(B, 2C)`` rows ``[mean, biased std]`` over H and W, two passes (the exported gate's statistics: its
     weight's std rows carry ``sqrt(n / (n - 1))``, :func:`bessel_factor`)."""
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
-    return torch.cat((mean, std), dim=1).flatten(1)
+    mean, variance = _mean_variance(x)
+    return torch.cat((mean, variance.sqrt()), dim=1).flatten(1)
 
 
 def stacked_mean_std(x: Tensor) -> Tensor:
