@@ -8,7 +8,8 @@ and ONNX Runtime, and in OpenVINO in f32 and (where the CPU has native bf16) bf1
 - ONNX Runtime with its own profiler on the exported graph: each kernel's time is charged to the block its node
   name comes from (FasterNet's export keeps no module paths in its node names, so only its totals compare);
 - OpenVINO with its performance counters on the same exported graph, charged the same way (its fused
-  "Subgraph" kernels count as non-GEMM even where they hold a small matrix product, e.g. attention's);
+  "Subgraph" kernels count as non-GEMM even where they hold a small matrix product, e.g. attention's), with
+  the nodes each model ran per call and its wall time per call beside the counters' sum;
 - ``torch.compile`` in fp32 and (where native) bf16, compiled as the regime matrix compiles (``make_runner``) but
   with the Python wrapper and inductor's kernel profiling on, so each generated kernel is a profiler event:
   inductor's kernels carry no module path, so each model's time is one part, split into GEMM work (oneDNN
@@ -37,7 +38,9 @@ import contextlib
 import copy
 import json
 import re
+import statistics
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 from unittest import mock
@@ -101,6 +104,7 @@ class Charges:
         self.calls = calls
         self.parts: dict[str, dict[str, float]] = defaultdict(lambda: {"gemm": 0.0, "other": 0.0})
         self.operators: dict[str, float] = defaultdict(float)
+        self.dispatch: dict[str, float] = {}  # OpenVINO: nodes run per call, wall and counted ms per call
 
     def add(self, part: str, operator: str, kind_name: str, ms_total: float) -> None:
         """Charge ``ms_total`` (over all calls) of ``operator`` to ``part``; ``kind_name`` decides GEMM or not."""
@@ -194,14 +198,21 @@ def openvino_profile(model: nn.Module, x: torch.Tensor, calls: int, precision: s
         path = export_onnx(model, Path(folder) / "model.onnx", x).path
         config, core = {**openvino_config(precision, threads), "PERF_COUNT": True}, ov.Core()
         request = core.compile_model(read_openvino(core, path), "CPU", config).create_infer_request()
-    charges = Charges(calls)
+    charges, walls, counted = Charges(calls), [], []
     for _ in range(3):
         request.infer({0: x.numpy()})
     for _ in range(calls):
+        start = time.perf_counter()
         request.infer({0: x.numpy()})
-        for node in request.profiling_info:
+        walls.append(time.perf_counter() - start)
+        nodes = request.profiling_info
+        for node in nodes:
             charges.add(onnx_group(node.node_name, labels), f"{node.node_type} ({node.exec_type})", node.node_type,
                         node.real_time.total_seconds() * 1e3)
+        counted.append(sum(node.real_time.total_seconds() for node in nodes))
+    executed = sum(node.status.name == "EXECUTED" for node in request.profiling_info)
+    charges.dispatch = {"nodes": executed, "wall_ms": statistics.median(walls) * 1e3,
+                        "counted_ms": statistics.median(counted) * 1e3}
     return charges
 
 
@@ -260,7 +271,7 @@ def summarise_charges(charges: Charges) -> dict:
         gemm, other = charges.parts[group]["gemm"], charges.parts[group]["other"]
         rows[group] = {"gemm_ms": gemm, "other_ms": other, "total_ms": gemm + other}
     operators = dict(sorted(charges.operators.items(), key=lambda item: -item[1]))
-    return {"parts": rows, "operators": operators}
+    return {"parts": rows, "operators": operators, **({"dispatch": charges.dispatch} if charges.dispatch else {})}
 
 
 def fold_in_tree(model: nn.Module) -> nn.Module:
@@ -322,8 +333,21 @@ def case_lines(case: dict) -> list[str]:
         for left, right in zip_longest_rows(ours["parts"], theirs["parts"]):
             lines.append(f"| {left[0]} | {left[1]} | {left[2]} | {right[0]} | {right[1]} | {right[2]} |")
         totals = summary_line(case["model"], ours["parts"]) + "; " + summary_line(case["baseline"], theirs["parts"])
-        lines += ["", totals, ""] + operator_lines(ours["operators"], theirs["operators"])
+        lines += ["", totals, ""] + dispatch_lines(case, ours, theirs)
+        lines += operator_lines(ours["operators"], theirs["operators"])
     return lines
+
+
+def dispatch_lines(case: dict, ours: dict, theirs: dict) -> list[str]:
+    """OpenVINO: the nodes each model ran per call, and its median wall time per call (the Python call included)
+    beside the median per-call sum of its nodes' counters (which can exceed the wall time: read a wall time well
+    above the sum as time between nodes, a small difference as nothing)."""
+    if "dispatch" not in ours:
+        return []
+    said = [f"{name} ran {d['nodes']} nodes a call: {d['wall_ms']:.2f} ms wall, its counters' sum "
+            f"{d['counted_ms']:.2f} ms"
+            for name, d in ((case["model"], ours["dispatch"]), (case["baseline"], theirs["dispatch"]))]
+    return ["; ".join(said), ""]
 
 
 def operator_lines(ours: dict[str, float], theirs: dict[str, float], rows: int = TOP_OPERATORS) -> list[str]:

@@ -39,6 +39,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   spatial-max    candidate, not kept: the exported PAT_sp with its BN scale folded into the project rows, its
                  gate conv composed onto the hidden map (2C -> 1) and the factor as Max(s, p): two whole-map
                  nodes fewer
+  packed-fp32-convs candidate, not kept: eager fp32 partial 3x3 convs in oneDNN with a packed weight on every
+                 CPU (the rule sends them there only where MKL's GEMM is slow, i.e. AMD)
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped), so
                  B / A is what the gates cost; the outputs differ
@@ -59,7 +61,7 @@ import torch.nn.functional as F
 
 import patnet  # noqa: F401
 from patnet.bench.timing import summarise, time_alternating
-from patnet.layers import fused
+from patnet.layers import fused, onednn
 from patnet.layers.stats import spatial_mean_std, stacked_mean_std
 from patnet.models import baseline_partner
 from patnet.runtimes import make_runner, ov_passes
@@ -188,6 +190,7 @@ def into_output_candidate(self, x):
 SHIPPED_CONVS_WHEN_COMPILED = fused._convs_when_compiled
 
 
+SHIPPED_PARTIAL_CONV = fused._PartialMixer.partial_conv
 SHIPPED_SPATIAL_GATE = fused.FusedSpatialGate.forward
 SHIPPED_CHANNEL_GATE = fused.FusedChannelGate.forward
 
@@ -248,6 +251,15 @@ def unit_untouched_scale(self, x):
     return torch.ones_like(x[:, self.passed:, :1, :1])
 
 
+def packed_fp32_conv_candidate(self, convolved):
+    fp32_rule = onednn.FP32_TAKES_ONEDNN
+    onednn.FP32_TAKES_ONEDNN = True
+    try:
+        return SHIPPED_PARTIAL_CONV(self, convolved)
+    finally:
+        onednn.FP32_TAKES_ONEDNN = fp32_rule
+
+
 def no_autotune_candidate(dtype, device, settings=runtime_runner._compile_settings):
     return settings("fp32", device)
 
@@ -282,6 +294,7 @@ CHANGES = {
     "spatial-max": [(fused.FusedMlp, "forward", spatial_max_candidate)],
     "unit-gates": [(fused.FusedChannelGate, "forward", unit_scale),
                    (fused.FusedChannelGate, "untouched_scale", unit_untouched_scale)],
+    "packed-fp32-convs": [(fused._PartialMixer, "partial_conv", packed_fp32_conv_candidate)],
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
