@@ -215,6 +215,16 @@ def test_mlp_rows_columns_and_convs_agree(spatial_attn, residual_layout):
             assert _relative_error(expected, mlp._as_convs(x, residual)) <= 1e-5
 
 
+@pytest.mark.parametrize("small_activation", [0, 10**9])
+def test_mlp_activation_on_map_view_equals_activation_on_rows(monkeypatch, small_activation):
+    monkeypatch.setattr(fused_layers, "SMALL_ACTIVATION", small_activation)
+    _, fused = _block_pair("pat_ch", False, seed=5)
+    hidden = torch.randn(2 * 5 * 3, 96)
+    activated = fused.mlp._activated(hidden, 2, 5, 3)
+    assert activated.shape == hidden.shape and activated.is_contiguous()
+    assert _relative_error(F.gelu(hidden), activated) <= 1e-6
+
+
 @pytest.mark.parametrize("dtype, min_macs, convs", [(torch.float32, 0, True), (torch.float32, 10**9, False),
                                                      (torch.bfloat16, 0, False)])
 def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, min_macs, convs):
