@@ -217,7 +217,7 @@ def test_mlp_rows_columns_and_convs_agree(spatial_attn, residual_layout):
 
 @pytest.mark.parametrize("small_activation", [0, 10**9])
 def test_mlp_activation_on_map_view_equals_activation_on_rows(monkeypatch, small_activation):
-    monkeypatch.setattr(fused_layers, "SMALL_ACTIVATION", small_activation)
+    monkeypatch.setattr(FusedMlp, "small_activation", small_activation)
     _, fused = _block_pair("pat_ch", False, seed=5)
     hidden = torch.randn(2 * 5 * 3, 96)
     activated = fused.mlp._activated(hidden, 2, 5, 3)

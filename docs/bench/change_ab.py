@@ -42,7 +42,7 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   packed-fp32-convs candidate, not kept: eager fp32 partial 3x3 convs in oneDNN with a packed weight on every
                  CPU (the rule sends them there only where MKL's GEMM is slow, i.e. AMD)
   small-gelu     before: eager GELU on the MLP's (B*H*W, C) rows whatever their size (ATen hands it to oneDNN),
-                 not on their channels-last map view (ATen's own kernel) up to SMALL_ACTIVATION elements
+                 not on their channels-last map view (ATen's own kernel) up to FusedMlp.small_activation elements
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped), so
                  B / A is what the gates cost; the outputs differ

@@ -89,9 +89,6 @@ def _as_rows(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(x.shape[0] * x.shape[2] * x.shape[3], x.shape[1])
 
 
-SMALL_ACTIVATION = 2 ** 14  # elements; see FusedMlp._activated
-
-
 def _as_conv_weight(matrix: Tensor) -> Tensor:
     """An ``(in, out)`` matrix as a 1x1 conv's ``(out, in, 1, 1)`` weight (a view; the ONNX export folds it)."""
     return matrix.t()[:, :, None, None]
@@ -356,7 +353,8 @@ class FusedMlp(nn.Module):
     """
 
     __jit_ignored_attributes__ = ["_expand_packed", "_project_packed"]
-    __constants__ = ["spatially_gated"]
+    __constants__ = ["spatially_gated", "small_activation"]
+    small_activation = 2 ** 14  # elements; see _activated
 
     def __init__(self, expand: nn.Conv2d, act: nn.Module, project: nn.Conv2d, spatial_gate: nn.Module | None = None):
         super().__init__()
@@ -404,12 +402,12 @@ class FusedMlp(nn.Module):
         return out if residual is None else out.add_(residual)
 
     def _activated(self, hidden: Tensor, batch: int, height: int, width: int) -> Tensor:
-        """``act(hidden)`` for ``(B*H*W, C)`` rows. Up to :data:`SMALL_ACTIVATION` elements it runs on the
+        """``act(hidden)`` for ``(B*H*W, C)`` rows. Up to ``small_activation`` elements it runs on the
         channels-last map view the rows are (same memory, same result layout): ATen hands GELU of a contiguous
         tensor to oneDNN, whose fixed cost (about 6 us a call on a Xeon) exceeds ATen's own vectorized kernel
         on small maps (4 x 512: 2.2 against 7.9 us); from about 25k elements oneDNN is faster. The 64 px
         model's MLPs are all that small."""
-        if hidden.numel() > SMALL_ACTIVATION:
+        if hidden.numel() > self.small_activation:
             return self.act(hidden)
         channels = hidden.shape[1]
         mapped = hidden.view(batch, height, width, channels).permute(0, 3, 1, 2)
