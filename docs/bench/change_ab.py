@@ -43,6 +43,10 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  CPU (the rule sends them there only where MKL's GEMM is slow, i.e. AMD)
   small-gelu     before: eager GELU on the MLP's (B*H*W, C) rows whatever their size (ATen hands it to oneDNN),
                  not on their channels-last map view (ATen's own kernel) up to FusedMlp.small_activation elements
+  mha-form       candidate, not kept: exported attention as softmax(QK^T + bias) V then a Transpose (the
+                 MatMul -> Softmax -> MatMul form OpenVINO fuses into one MHA node in transformers; it did not here)
+  keys-first     candidate, not kept: exported attention with keys first, V softmax_keys(K^T Q + bias^T), so the
+                 second product needs no transposed operand
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped), so
                  B / A is what the gates cost; the outputs differ
@@ -262,6 +266,26 @@ def packed_fp32_conv_candidate(self, convolved):
         onednn.FP32_TAKES_ONEDNN = fp32_rule
 
 
+def mha_form_candidate(self, normed):
+    batch, _, height, width = normed.shape
+    qkv = F.conv2d(normed, fused._as_conv_weight(self.qkv_weight), self.qkv_bias)
+    q, k, v = qkv.reshape(batch, 3, self.num_heads, self.head_dim, height * width).unbind(1)
+    logits = torch.matmul(q.transpose(-1, -2), k) + self.attention_bias(height, width)
+    out = torch.matmul(logits.softmax(dim=-1), v.transpose(-1, -2)).transpose(-1, -2)
+    return F.conv2d(out.reshape(batch, self.untouched_dim, height, width), fused._as_conv_weight(self.proj_weight),
+                    self.proj_bias)
+
+
+def keys_first_candidate(self, normed):
+    batch, _, height, width = normed.shape
+    qkv = F.conv2d(normed, fused._as_conv_weight(self.qkv_weight), self.qkv_bias)
+    q, k, v = qkv.reshape(batch, 3, self.num_heads, self.head_dim, height * width).unbind(1)
+    logits = torch.matmul(k.transpose(-1, -2), q) + self.attention_bias(height, width).transpose(-1, -2)
+    out = torch.matmul(v, logits.softmax(dim=-2))
+    return F.conv2d(out.reshape(batch, self.untouched_dim, height, width), fused._as_conv_weight(self.proj_weight),
+                    self.proj_bias)
+
+
 def no_autotune_candidate(dtype, device, settings=runtime_runner._compile_settings):
     return settings("fp32", device)
 
@@ -298,6 +322,8 @@ CHANGES = {
                    (fused.FusedChannelGate, "untouched_scale", unit_untouched_scale)],
     "packed-fp32-convs": [(fused._PartialMixer, "partial_conv", packed_fp32_conv_candidate)],
     "small-gelu": [(fused.FusedMlp, "_activated", lambda self, hidden, *_: self.act(hidden))],
+    "mha-form": [(fused.FusedPartialSelfAttn, "_attend_normed", mha_form_candidate)],
+    "keys-first": [(fused.FusedPartialSelfAttn, "_attend_normed", keys_first_candidate)],
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
