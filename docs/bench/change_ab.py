@@ -266,24 +266,25 @@ def packed_fp32_conv_candidate(self, convolved):
         onednn.FP32_TAKES_ONEDNN = fp32_rule
 
 
-def mha_form_candidate(self, normed):
+def attention_with_heads(self, normed, heads):
+    """The shipped exported attention's qkv and proj convs around ``heads(q, k, v, bias)``, which returns the
+    ``(B, heads, head_dim, H*W)`` attended values from ``(B, heads, head_dim, H*W)`` q, k, v."""
     batch, _, height, width = normed.shape
     qkv = F.conv2d(normed, fused._as_conv_weight(self.qkv_weight), self.qkv_bias)
     q, k, v = qkv.reshape(batch, 3, self.num_heads, self.head_dim, height * width).unbind(1)
-    logits = torch.matmul(q.transpose(-1, -2), k) + self.attention_bias(height, width)
-    out = torch.matmul(logits.softmax(dim=-1), v.transpose(-1, -2)).transpose(-1, -2)
+    out = heads(q, k, v, self.attention_bias(height, width))
     return F.conv2d(out.reshape(batch, self.untouched_dim, height, width), fused._as_conv_weight(self.proj_weight),
                     self.proj_bias)
 
 
-def keys_first_candidate(self, normed):
-    batch, _, height, width = normed.shape
-    qkv = F.conv2d(normed, fused._as_conv_weight(self.qkv_weight), self.qkv_bias)
-    q, k, v = qkv.reshape(batch, 3, self.num_heads, self.head_dim, height * width).unbind(1)
-    logits = torch.matmul(k.transpose(-1, -2), q) + self.attention_bias(height, width).transpose(-1, -2)
-    out = torch.matmul(v, logits.softmax(dim=-2))
-    return F.conv2d(out.reshape(batch, self.untouched_dim, height, width), fused._as_conv_weight(self.proj_weight),
-                    self.proj_bias)
+def mha_heads(q, k, v, bias):
+    logits = torch.matmul(q.transpose(-1, -2), k) + bias
+    return torch.matmul(logits.softmax(dim=-1), v.transpose(-1, -2)).transpose(-1, -2)
+
+
+def keys_first_heads(q, k, v, bias):
+    logits = torch.matmul(k.transpose(-1, -2), q) + bias.transpose(-1, -2)
+    return torch.matmul(v, logits.softmax(dim=-2))
 
 
 def no_autotune_candidate(dtype, device, settings=runtime_runner._compile_settings):
@@ -322,8 +323,10 @@ CHANGES = {
                    (fused.FusedChannelGate, "untouched_scale", unit_untouched_scale)],
     "packed-fp32-convs": [(fused._PartialMixer, "partial_conv", packed_fp32_conv_candidate)],
     "small-gelu": [(fused.FusedMlp, "_activated", lambda self, hidden, *_: self.act(hidden))],
-    "mha-form": [(fused.FusedPartialSelfAttn, "_attend_normed", mha_form_candidate)],
-    "keys-first": [(fused.FusedPartialSelfAttn, "_attend_normed", keys_first_candidate)],
+    "mha-form": [(fused.FusedPartialSelfAttn, "_attend_normed",
+                  lambda self, normed: attention_with_heads(self, normed, mha_heads))],
+    "keys-first": [(fused.FusedPartialSelfAttn, "_attend_normed",
+                    lambda self, normed: attention_with_heads(self, normed, keys_first_heads))],
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
 }
