@@ -41,6 +41,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  nodes fewer
   packed-fp32-convs candidate, not kept: eager fp32 partial 3x3 convs in oneDNN with a packed weight on every
                  CPU (the rule sends them there only where MKL's GEMM is slow, i.e. AMD)
+  few-rows       candidate, not kept: eager products also go to oneDNN from 4 rows against a matrix of 2^17
+                 weights (the 64 px model's last-stage MLP products), not only from MIN_MACS multiply-adds
   small-gelu     before: eager GELU on the MLP's (B*H*W, C) rows whatever their size (ATen hands it to oneDNN),
                  not on their channels-last map view (ATen's own kernel) up to FusedMlp.small_activation elements
   mha-form       candidate, not kept: exported attention as softmax(QK^T + bias) V then a Transpose (the
@@ -68,6 +70,7 @@ import torch.nn.functional as F
 import patnet  # noqa: F401
 from patnet.bench.timing import summarise, time_alternating
 from patnet.layers import fused, onednn
+from patnet.layers import stats as stats_module
 from patnet.layers.stats import spatial_mean_std, stacked_mean_std
 from patnet.models import baseline_partner
 from patnet.runtimes import make_runner, ov_passes
@@ -185,6 +188,14 @@ def gate_sum_candidate(self, x):
     return F.hardsigmoid((stats[:, :, None] * weight).sum(dim=1) + bias)[:, :, None, None]
 
 
+def weight_first_candidate(self, x):
+    count = x.shape[2] * x.shape[3]
+    weight, bias = self.whole(math.sqrt(fused.bessel_factor(count)))
+    mean, variance = stats_module._mean_variance(x)
+    stats = torch.cat((mean, variance.sqrt()), dim=1).flatten(2)
+    return F.hardsigmoid(torch.matmul(weight.t(), stats) + bias[:, None]).unsqueeze(-1)
+
+
 def into_output_candidate(self, x):
     scale = self.gate.untouched_scale(x)
     out = torch.empty_like(x)
@@ -297,6 +308,15 @@ def bf16_convs_candidate(x, matrix):
     return SHIPPED_CONVS_WHEN_COMPILED(x, matrix)
 
 
+def few_rows_candidate(rows, matrix):
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or not onednn.HAS_KERNEL:
+        return False
+    weights = matrix.shape[0] * matrix.shape[1]
+    if rows.shape[0] * weights < onednn.MIN_MACS and (rows.shape[0] < 4 or weights < 2 ** 17):
+        return False
+    return onednn._onednn_inference(rows, matrix)
+
+
 CHANGES = {
     "gate": [(fused.FusedChannelGate, "untouched_scale", gate_before)],
     "residual": [(fused.FusedMlp, "_on_rows", residual_before)],
@@ -311,6 +331,7 @@ CHANGES = {
     "gate-nodes": [(fused.FusedChannelGate, "forward", gate_nodes_before)],
     "untouched-gate": [(fused.FusedChannelGate, "forward", untouched_gate_candidate)],
     "gate-sum": [(fused.FusedChannelGate, "forward", gate_sum_candidate)],
+    "weight-first": [(fused.FusedChannelGate, "forward", weight_first_candidate)],
     "conv-spatial": [(fused.FusedSpatialGate, "_rows_product", lambda self, x: F.conv2d(x, self.gate_weight))],
     "into-output": [(fused.FusedPartialChannelAttn, "forward", into_output_candidate)],
     "gate-clip": [(fused.FusedChannelGate, "forward", gate_clip_candidate)],
@@ -329,6 +350,7 @@ CHANGES = {
                     lambda self, normed: attention_with_heads(self, normed, keys_first_heads))],
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
+    "few-rows": [(fused, "takes_onednn", few_rows_candidate)],
 }
 
 
