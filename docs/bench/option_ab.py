@@ -1,15 +1,19 @@
-"""One-process A/B of a runtime setting, on PATNet and FasterNet alike: an ONNX Runtime session config entry or an
-OpenVINO ``compile_model`` property.
+"""One-process A/B of a runtime setting, on PATNet and FasterNet alike: an ONNX Runtime session config entry, an
+OpenVINO ``compile_model`` property or a ``torch._inductor.config`` entry for ``torch.compile`` (an int, float or
+bool VALUE; dotted KEYs such as ``cpp.min_chunk_size`` reach nested options).
 
 Four ``make_runner`` runners (VARIANT and its FasterNet partner, each with the shipped settings,
-``onnxruntime_options`` or ``openvino_config``, and with ``KEY=VALUE`` added), batch 1, alternated (20 warm-up +
-400 timed calls in rotating 5-call rounds); prints the median ms of each, PATNet / FasterNet with and without the
-setting, and each model's time with it over without.
+``onnxruntime_options``, ``openvino_config`` or ``_compile_settings``, and with ``KEY=VALUE`` added), batch 1,
+alternated (20 warm-up + 400 timed calls in rotating 5-call rounds); prints the median ms of each, PATNet /
+FasterNet with and without the setting, and each model's time with it over without.
 
-    .venv/bin/python docs/bench/option_ab.py {onnxruntime|openvino} KEY VALUE {64|224} THREADS [DTYPE] [VARIANT]
+    .venv/bin/python docs/bench/option_ab.py {onnxruntime|openvino|compile} KEY VALUE {64|224} THREADS [DTYPE] [VARIANT]
 
-DTYPE is fp32 (the default) or, for openvino, bf16; VARIANT is patnet_t0 (the default) or another PATNet variant.
+DTYPE is fp32 (the default) or, for openvino and compile, bf16; VARIANT is patnet_t0 (the default) or another PATNet
+variant.
 """
+import ast
+import contextlib
 import sys
 from unittest import mock
 
@@ -20,14 +24,23 @@ import patnet  # noqa: F401
 from patnet.bench.timing import summarise, time_alternating
 from patnet.models import baseline_partner
 from patnet.runtimes import external, make_runner
+from patnet.runtimes import runner as runtime_runner
 
-SHIPPED = {"onnxruntime": ("onnxruntime_options", external.onnxruntime_options),
-           "openvino": ("openvino_config", external.openvino_config)}
+SHIPPED = {"onnxruntime": (external, "onnxruntime_options"), "openvino": (external, "openvino_config"),
+           "compile": (runtime_runner, "_compile_settings")}
 
 
 def with_setting(runtime: str, key: str, value: str):
     """The runtime's shipped settings function with ``key=value`` added."""
-    shipped = SHIPPED[runtime][1]
+    owner, name = SHIPPED[runtime]
+    shipped = getattr(owner, name)
+    if runtime == "compile":
+        @contextlib.contextmanager
+        def settings(dtype, device):
+            import torch._inductor.config as inductor_config
+            with shipped(dtype, device), inductor_config.patch({key: ast.literal_eval(value)}):
+                yield
+        return settings
     if runtime == "onnxruntime":
         def options(threads):
             made = shipped(threads)
@@ -54,7 +67,7 @@ def main() -> None:
     for model_name in (name, partner):
         model = timm.create_model(model_name, num_classes=classes, in_chans=chans).eval()
         runners[model_name] = make_runner(model, runtime, dtype, x, threads)
-        with mock.patch.object(external, SHIPPED[runtime][0], with_setting(runtime, key, value)):
+        with mock.patch.object(*SHIPPED[runtime], with_setting(runtime, key, value)):
             runners[model_name + "+setting"] = make_runner(model, runtime, dtype, x, threads)
     ready = runners[name].prepare(x)
     calls = {key_: (lambda runner=runner: runner(ready)) for key_, runner in runners.items()}
