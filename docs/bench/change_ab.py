@@ -25,6 +25,9 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  (2(C - passed), C - passed) matrix (56% of the whole one's bytes) and pads the scale with ones
   gate-sum       candidate, not kept: the exported gate's product as a multiply and a ReduceSum (the compiled
                  form) instead of a Gemm, which OpenVINO runs as a FullyConnected node per gate
+  weight-first   candidate, not kept: the exported gate's product as MatMul(W^T, stats) on (B, 2C, 1) statistics,
+                 the constant first (meant to leave OpenVINO a MatMul, not a FullyConnected; no Flatten before the
+                 scale; which node OpenVINO made of it was not checked)
   conv-spatial   before: eager PAT_sp's one-channel spatial gate as F.conv2d, not a matrix-vector product of rows
   into-output    candidate, not kept: eager PAT_ch writes the conv and the scaled untouched channels into one
                  output (torch.mul(..., out=slice)) instead of scaling into a new map and concatenating
@@ -190,7 +193,7 @@ def gate_sum_candidate(self, x):
 
 def weight_first_candidate(self, x):
     count = x.shape[2] * x.shape[3]
-    weight, bias = self.whole(math.sqrt(fused.bessel_factor(count)))
+    weight, bias = self.whole(math.sqrt(stats_module.bessel_factor(count)))
     mean, variance = stats_module._mean_variance(x)
     stats = torch.cat((mean, variance.sqrt()), dim=1).flatten(2)
     return F.hardsigmoid(torch.matmul(weight.t(), stats) + bias[:, None]).unsqueeze(-1)
