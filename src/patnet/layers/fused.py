@@ -406,9 +406,9 @@ class FusedMlp(nn.Module):
         channels-last map view the rows are (same memory, same result layout): ATen hands GELU of a contiguous
         tensor to oneDNN, whose fixed cost exceeds ATen's own vectorized kernel on small maps (Xeon, one thread,
         fp32, ``docs/bench/gelu_paths.py``: 4 x 512 rows 7.6 against 2.1 us, 256 x 64 12.4 against 10.3; from
-        about 25k elements oneDNN is faster). That covers every MLP of the 64 px model and none at 224 px. A/B
-        on the Xeon, eager, the 64 px patnet_t0: 0.93 of its time in fp32, 0.97-0.98 in bf16
-        (docs/bench/change-ab.md)."""
+        about 25k elements oneDNN is faster). That covers every MLP of the 64 px model and none at 224 px. A/B,
+        eager, the 64 px patnet_t0 (docs/bench/change-ab.md): on the Xeon 0.93 of its time in fp32, 0.97-0.98 in
+        bf16; on an AMD EPYC Zen 5 0.94 / 0.95 in fp32 (one / two threads), 0.98 in bf16."""
         if hidden.numel() > self.small_activation:
             return self.act(hidden)
         channels = hidden.shape[1]
