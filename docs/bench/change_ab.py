@@ -53,6 +53,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   keys-first     candidate, not kept: exported attention with keys first, V softmax_keys(K^T Q + bias^T), so the
                  second product needs no transposed operand
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
+  gate-conv      candidate: the exported gate's product as a 1x1 conv on the (B, 2C, 1, 1) statistics (no
+                 Flatten before it, no Reshape after it: the scale keeps the map's 4-D layout)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped), so
                  B / A is what the gates cost; the outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
@@ -301,6 +303,14 @@ def keys_first_heads(q, k, v, bias):
     return torch.matmul(v, logits.softmax(dim=-2))
 
 
+def gate_conv_candidate(self, x):
+    count = x.shape[2] * x.shape[3]
+    weight, bias = self.whole(math.sqrt(stats_module.bessel_factor(count)))
+    mean, variance = stats_module._mean_variance(x)
+    stats = torch.cat((mean, variance.sqrt()), dim=1)
+    return F.hardsigmoid(F.conv2d(stats, fused._as_conv_weight(weight), bias))
+
+
 def no_autotune_candidate(dtype, device, settings=runtime_runner._compile_settings):
     return settings("fp32", device)
 
@@ -354,6 +364,7 @@ CHANGES = {
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
     "few-rows": [(fused, "takes_onednn", few_rows_candidate)],
+    "gate-conv": [(fused.FusedChannelGate, "forward", gate_conv_candidate)],
 }
 
 
