@@ -53,8 +53,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   keys-first     candidate, not kept: exported attention with keys first, V softmax_keys(K^T Q + bias^T), so the
                  second product needs no transposed operand
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
-  gate-conv      candidate: the exported gate's product as a 1x1 conv on the (B, 2C, 1, 1) statistics (no
-                 Flatten before it, no Reshape after it: the scale keeps the map's 4-D layout)
+  gate-conv      candidate, not kept: the exported gate's product as a 1x1 conv on the (B, 2C, 1, 1) statistics
+                 (no Flatten before it, no Reshape after it: the scale keeps the map's 4-D layout)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped), so
                  B / A is what the gates cost; the outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
