@@ -55,6 +55,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   no-autotune    compiled bf16 without inductor's GEMM autotuning (the settings compiled fp32 has)
   gate-conv      candidate, not kept: the exported gate's product as a 1x1 conv on the (B, 2C, 1, 1) statistics
                  (no Flatten before it, no Reshape after it: the scale keeps the map's 4-D layout)
+  bmm-attn       candidate, not kept: PyTorch's attention as baddbmm (the bias added in the product), softmax and bmm in
+                 the model's dtype (bf16 logits under bf16) instead of fused SDPA
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped), so
                  B / A is what the gates cost; the outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
@@ -170,6 +172,20 @@ def explicit_attn_candidate(self, untouched):
     q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     logits = torch.matmul(q, k.transpose(-1, -2)).float() + self.attention_bias(height, width).float()
     out = torch.matmul(logits.softmax(-1).to(v.dtype), v).transpose(1, 2).reshape(batch * length, self.untouched_dim)
+    out = self._product(out, self.proj_weight, self.proj_bias)
+    return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
+
+
+def bmm_attn_candidate(self, untouched):
+    batch, _, height, width = untouched.shape
+    length, heads = height * width, self.num_heads
+    tokens = F.layer_norm(untouched.flatten(2).transpose(1, 2), (self.untouched_dim,), eps=self.eps)
+    qkv = self._product(tokens.reshape(batch * length, self.untouched_dim), self.qkv_weight, self.qkv_bias)
+    q, k, v = qkv.view(batch, length, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).reshape(
+        3, batch * heads, length, self.head_dim).unbind(0)
+    bias = self.attention_bias(height, width).expand(batch, heads, length, length).reshape(-1, length, length)
+    out = torch.bmm(torch.baddbmm(bias, q, k.transpose(1, 2)).softmax(-1), v)
+    out = out.view(batch, heads, length, self.head_dim).transpose(1, 2).reshape(batch * length, self.untouched_dim)
     out = self._product(out, self.proj_weight, self.proj_bias)
     return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
 
@@ -365,6 +381,7 @@ CHANGES = {
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
     "few-rows": [(fused, "takes_onednn", few_rows_candidate)],
     "gate-conv": [(fused.FusedChannelGate, "forward", gate_conv_candidate)],
+    "bmm-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", bmm_attn_candidate)],
 }
 
 
