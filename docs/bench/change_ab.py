@@ -57,6 +57,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  (no Flatten before it, no Reshape after it: the scale keeps the map's 4-D layout)
   bmm-attn       candidate, not kept: PyTorch's attention as baddbmm (the bias added in the product), softmax and bmm in
                  the model's dtype (bf16 logits under bf16) instead of fused SDPA
+  transposed-gelu candidate, not kept: small eager activations on the rows' transposed view (ATen's own
+                 kernel, as on the channels-last map view, with two metadata calls instead of four)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped), so
                  B / A is what the gates cost; the outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
@@ -188,6 +190,12 @@ def bmm_attn_candidate(self, untouched):
     out = out.view(batch, heads, length, self.head_dim).transpose(1, 2).reshape(batch * length, self.untouched_dim)
     out = self._product(out, self.proj_weight, self.proj_bias)
     return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
+
+
+def transposed_gelu_candidate(self, hidden, *_):
+    if hidden.numel() > self.small_activation:
+        return self.act(hidden)
+    return self.act(hidden.t()).t()
 
 
 def gate_nodes_before(self, x):
@@ -382,6 +390,7 @@ CHANGES = {
     "few-rows": [(fused, "takes_onednn", few_rows_candidate)],
     "gate-conv": [(fused.FusedChannelGate, "forward", gate_conv_candidate)],
     "bmm-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", bmm_attn_candidate)],
+    "transposed-gelu": [(fused.FusedMlp, "_activated", transposed_gelu_candidate)],
 }
 
 
