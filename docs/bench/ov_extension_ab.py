@@ -9,6 +9,7 @@ timed calls in rotating 5-call rounds. Prints a change-ab.md row (B / A below 1:
     .venv/bin/python docs/bench/ov_extension_ab.py {64|patnet_t0|patnet_t2|...} {fp32|bf16} THREADS [CALLS]
 """
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,8 @@ def with_gate_ops(path: str, model: torch.nn.Module) -> str:
 
 def main() -> None:
     target, dtype, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if shutil.which("g++") is None:
+        sys.exit("ov_extension_ab.py builds its OpenVINO extension with g++, which is not on PATH; install it")
     calls = int(sys.argv[4]) if len(sys.argv) > 4 else 400
     name, size, chans, classes = ("patnet_t0", 64, 1, 10) if target == "64" else (target, 224, 3, 1000)
     torch.set_num_threads(threads)

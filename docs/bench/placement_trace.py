@@ -9,6 +9,7 @@ ratio of the windows under and over FAR_NS.
 
     .venv/bin/python docs/bench/placement_trace.py RUNTIME DTYPE VARIANT SECONDS
 """
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def window(runners: dict, ready: torch.Tensor) -> dict[str, float]:
 
 def main() -> None:
     runtime, dtype, name, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    if shutil.which("cc") is None:
+        sys.exit("placement_trace.py builds its probe with cc, which is not on PATH; install a C compiler")
     torch.set_num_threads(2)
     x = torch.randn(1, 3, 224, 224)
     names = (name, baseline_partner(name))
