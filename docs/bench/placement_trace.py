@@ -7,7 +7,9 @@ threads) alternated in 5-call rounds for two-second windows, and between windows
 ``docs/bench/placement/pingpong.c`` (built with cc; Linux, CPUs 0 and 1). Prints one row per window and the median
 ratio of the windows under and over FAR_NS.
 
-    .venv/bin/python docs/bench/placement_trace.py RUNTIME DTYPE VARIANT SECONDS
+    .venv/bin/python docs/bench/placement_trace.py RUNTIME DTYPE VARIANT SECONDS [THREADS]
+
+THREADS (default 2) may be 1, to see what the host's state does to a single thread.
 """
 import shutil
 import statistics
@@ -48,12 +50,13 @@ def window(runners: dict, ready: torch.Tensor) -> dict[str, float]:
 
 def main() -> None:
     runtime, dtype, name, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    threads = int(sys.argv[5]) if len(sys.argv) > 5 else 2
     if shutil.which("cc") is None:
         sys.exit("placement_trace.py builds its probe with cc, which is not on PATH; install a C compiler")
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     x = torch.randn(1, 3, 224, 224)
     names = (name, baseline_partner(name))
-    runners = {n: make_runner(timm.create_model(n).eval(), runtime, dtype, x, 2) for n in names}
+    runners = {n: make_runner(timm.create_model(n).eval(), runtime, dtype, x, threads) for n in names}
     ready = runners[name].prepare(x)
     with tempfile.TemporaryDirectory() as folder:
         probe = f"{folder}/pingpong"
@@ -63,7 +66,7 @@ def main() -> None:
             while time.time() < end:
                 ms = window(runners, ready)
                 rows.append((*ms.values(), round_trip_ns(probe)))
-    print(f"{runtime} {dtype} {name}, two threads: window | PATNet ms | FasterNet ms | ratio | round trip ns")
+    print(f"{runtime} {dtype} {name}, {threads} thread(s): window | PATNet ms | FasterNet ms | ratio | round trip ns")
     for i, (model_ms, partner_ms, ns) in enumerate(rows):
         print(f"{i} | {model_ms:.3f} | {partner_ms:.3f} | {model_ms / partner_ms:.3f} | {ns:.0f}")
     for label, chosen in (("near", [r for r in rows if r[2] < FAR_NS]), ("far", [r for r in rows if r[2] >= FAR_NS])):
