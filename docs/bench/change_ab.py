@@ -166,30 +166,30 @@ def onednn_gelu_candidate(self, x, residual):
     return _rows_then_project(self, hidden, x.shape, residual)
 
 
-def explicit_attn_candidate(self, untouched):
+def attention_on_tokens(self, untouched, heads):
+    """The shipped token attention's LayerNorm, qkv and proj around ``heads(qkv, bias)``, which takes the
+    ``(B, H*W, 3, heads, head_dim)`` view of qkv and returns ``(B, heads, H*W, head_dim)`` attended values."""
     batch, _, height, width = untouched.shape
     length = height * width
     tokens = F.layer_norm(untouched.flatten(2).transpose(1, 2), (self.untouched_dim,), eps=self.eps)
     qkv = self._product(tokens.reshape(batch * length, self.untouched_dim), self.qkv_weight, self.qkv_bias)
-    q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    logits = torch.matmul(q, k.transpose(-1, -2)).float() + self.attention_bias(height, width).float()
-    out = torch.matmul(logits.softmax(-1).to(v.dtype), v).transpose(1, 2).reshape(batch * length, self.untouched_dim)
-    out = self._product(out, self.proj_weight, self.proj_bias)
+    out = heads(qkv.view(batch, length, 3, self.num_heads, self.head_dim), self.attention_bias(height, width))
+    out = self._product(out.transpose(1, 2).reshape(batch * length, self.untouched_dim), self.proj_weight,
+                        self.proj_bias)
     return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
 
 
-def bmm_attn_candidate(self, untouched):
-    batch, _, height, width = untouched.shape
-    length, heads = height * width, self.num_heads
-    tokens = F.layer_norm(untouched.flatten(2).transpose(1, 2), (self.untouched_dim,), eps=self.eps)
-    qkv = self._product(tokens.reshape(batch * length, self.untouched_dim), self.qkv_weight, self.qkv_bias)
-    q, k, v = qkv.view(batch, length, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).reshape(
-        3, batch * heads, length, self.head_dim).unbind(0)
-    bias = self.attention_bias(height, width).expand(batch, heads, length, length).reshape(-1, length, length)
-    out = torch.bmm(torch.baddbmm(bias, q, k.transpose(1, 2)).softmax(-1), v)
-    out = out.view(batch, heads, length, self.head_dim).transpose(1, 2).reshape(batch * length, self.untouched_dim)
-    out = self._product(out, self.proj_weight, self.proj_bias)
-    return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(batch, self.untouched_dim, height, width)
+def explicit_heads(qkv, bias):
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    logits = torch.matmul(q, k.transpose(-1, -2)).float() + bias.float()
+    return torch.matmul(logits.softmax(-1).to(v.dtype), v)
+
+
+def bmm_heads(qkv, bias):
+    batch, length, _, heads, head_dim = qkv.shape
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).reshape(3, batch * heads, length, head_dim).unbind(0)
+    bias = bias.expand(batch, heads, length, length).reshape(-1, length, length)
+    return torch.bmm(torch.baddbmm(bias, q, k.transpose(1, 2)).softmax(-1), v).view(batch, heads, length, head_dim)
 
 
 def transposed_gelu_candidate(self, hidden, *_):
@@ -217,11 +217,18 @@ def gate_sum_candidate(self, x):
     return F.hardsigmoid((stats[:, :, None] * weight).sum(dim=1) + bias)[:, :, None, None]
 
 
-def weight_first_candidate(self, x):
+def gate_moments(self, x):
+    """The shipped exported gate's ``(W, b)`` and its ``(B, 2C, 1, 1)`` statistics ``[mean, biased std]``, before
+    the Flatten (the weight's std rows carry ``sqrt(n / (n - 1))``)."""
     count = x.shape[2] * x.shape[3]
     weight, bias = self.whole(math.sqrt(stats_module.bessel_factor(count)))
     mean, variance = stats_module._mean_variance(x)
-    stats = torch.cat((mean, variance.sqrt()), dim=1).flatten(2)
+    return weight, bias, torch.cat((mean, variance.sqrt()), dim=1)
+
+
+def weight_first_candidate(self, x):
+    weight, bias, stats = gate_moments(self, x)
+    stats = stats.flatten(2)
     return F.hardsigmoid(torch.matmul(weight.t(), stats) + bias[:, None]).unsqueeze(-1)
 
 
@@ -328,10 +335,7 @@ def keys_first_heads(q, k, v, bias):
 
 
 def gate_conv_candidate(self, x):
-    count = x.shape[2] * x.shape[3]
-    weight, bias = self.whole(math.sqrt(stats_module.bessel_factor(count)))
-    mean, variance = stats_module._mean_variance(x)
-    stats = torch.cat((mean, variance.sqrt()), dim=1)
+    weight, bias, stats = gate_moments(self, x)
     return F.hardsigmoid(F.conv2d(stats, fused._as_conv_weight(weight), bias))
 
 
@@ -363,7 +367,8 @@ CHANGES = {
     "pool-stats": [(fused.FusedChannelGate, "forward", pool_stats_candidate)],
     "expand-conv": [(fused.FusedMlp, "_on_rows", expand_conv_candidate)],
     "onednn-gelu": [(fused.FusedMlp, "_on_rows", onednn_gelu_candidate)],
-    "explicit-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", explicit_attn_candidate)],
+    "explicit-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens",
+                       lambda self, untouched: attention_on_tokens(self, untouched, explicit_heads))],
     "bf16-convs": [(fused, "_convs_when_compiled", bf16_convs_candidate)],
     "gate-nodes": [(fused.FusedChannelGate, "forward", gate_nodes_before)],
     "untouched-gate": [(fused.FusedChannelGate, "forward", untouched_gate_candidate)],
@@ -389,7 +394,8 @@ CHANGES = {
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
     "few-rows": [(fused, "takes_onednn", few_rows_candidate)],
     "gate-conv": [(fused.FusedChannelGate, "forward", gate_conv_candidate)],
-    "bmm-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens", bmm_attn_candidate)],
+    "bmm-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens",
+                  lambda self, untouched: attention_on_tokens(self, untouched, bmm_heads))],
     "transposed-gelu": [(fused.FusedMlp, "_activated", transposed_gelu_candidate)],
 }
 
