@@ -59,8 +59,10 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  the model's dtype (bf16 logits under bf16) instead of fused SDPA
   transposed-gelu candidate, not kept: small eager activations on the rows' transposed view (ATen's own
                  kernel, as on the channels-last map view, with two metadata calls instead of four)
-  unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped), so
-                 B / A is what the gates cost; the outputs differ
+  cpp-gate       before: eager PAT_ch's gate and concatenation as about ten PyTorch operators, not one C++ call
+                 (torch.ops.patnet.gated_concat; "gate" and "into-output" above now meet that call as B)
+  unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped, in
+                 the PyTorch form), so B / A is what the gates cost; the outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
                  floor a fused PAT block can approach (its B / A is PATNet's time over that floor's)
   pconv-last     not a change: A is the same variant with PConv instead of PAT_sf in the last stage (B / A is
@@ -78,7 +80,7 @@ import torch.nn.functional as F
 
 import patnet  # noqa: F401
 from patnet.bench.timing import summarise, time_alternating
-from patnet.layers import fused, onednn
+from patnet.layers import cpu_kernels, fused, onednn
 from patnet.layers import stats as stats_module
 from patnet.layers.stats import spatial_mean_std, stacked_mean_std
 from patnet.models import baseline_partner
@@ -382,7 +384,8 @@ CHANGES = {
     "spatial-split": [(fused.FusedSpatialGate, "forward", spatial_split_candidate)],
     "ln-op": [(fused.FusedPartialSelfAttn, "_attend_channels_first", ln_op_before)],
     "spatial-max": [(fused.FusedMlp, "forward", spatial_max_candidate)],
-    "unit-gates": [(fused.FusedChannelGate, "forward", unit_scale),
+    "cpp-gate": [(cpu_kernels, "ENABLED", False)],
+    "unit-gates": [(cpu_kernels, "ENABLED", False), (fused.FusedChannelGate, "forward", unit_scale),
                    (fused.FusedChannelGate, "untouched_scale", unit_untouched_scale)],
     "packed-fp32-convs": [(fused._PartialMixer, "partial_conv", packed_fp32_conv_candidate)],
     "small-gelu": [(fused.FusedMlp, "_activated", lambda self, hidden, *_: self.act(hidden))],

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cpu_kernels
 from .onednn import FP32_TAKES_ONEDNN, MIN_MACS, PackedConv, PackedMatrix, post_op, takes_onednn, takes_onednn_conv
 from .rel_pos import remember
 from .stats import bessel_factor, compiled_mean_std, mean_biased_std, stacked_mean_std
@@ -209,9 +210,33 @@ class FusedPartialChannelAttn(_PartialMixer):
         if _exporting():
             convolved, untouched = torch.split(x * self.gate(x), sizes, dim=1)
             return torch.cat((self.conv(convolved), untouched), dim=1)
-        scale = self.gate.untouched_scale(x)
         convolved, untouched = torch.split(x, sizes, dim=1)
-        return torch.cat((self.partial_conv(convolved), untouched * scale), dim=1)
+        mixed = self.partial_conv(convolved)
+        if not torch.jit.is_scripting():
+            if self._takes_kernel(x, mixed):
+                return self._gated_concat(x, mixed)
+        return torch.cat((mixed, untouched * self.gate.untouched_scale(x)), dim=1)
+
+    @torch.jit.unused
+    def _takes_kernel(self, x: Tensor, mixed: Tensor) -> bool:
+        """Whether this call runs the gate and concatenation as one C++ call
+        (:mod:`~patnet.layers.cpu_kernels`): eager CPU inference on a channels-last float32 or bfloat16 map,
+        one dtype throughout, nothing that needs a gradient. ``docs/bench/change-ab.md`` (``cpp-gate``)."""
+        if torch.jit.is_tracing() or _compiling():
+            return False
+        gate = self.gate
+        if x.device.type != "cpu" or not (x.dtype == mixed.dtype == gate.weight.dtype == gate.bias.dtype):
+            return False
+        if torch.is_grad_enabled() and (mixed.requires_grad or x.requires_grad or gate.weight.requires_grad):
+            return False
+        return (x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous(memory_format=torch.channels_last)
+                and cpu_kernels.available())
+
+    @torch.jit.unused
+    def _gated_concat(self, x: Tensor, mixed: Tensor) -> Tensor:
+        """``[mixed, Xu * g]`` by ``torch.ops.patnet.gated_concat`` (``csrc/gated_concat.cpp``)."""
+        mixed = mixed.contiguous(memory_format=torch.channels_last)
+        return torch.ops.patnet.gated_concat(x, mixed, self.gate.weight, self.gate.bias)
 
 
 class FusedPartialSelfAttn(_PartialMixer):

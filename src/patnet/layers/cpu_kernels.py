@@ -1,0 +1,74 @@
+"""patnet's C++ CPU kernels for eager inference (``csrc/``): compiled once per machine on first use, then loaded.
+
+``torch.ops.patnet.gated_concat`` runs PAT_ch's deploy-form gate and concatenation in one call
+(``csrc/gated_concat.cpp``). The first eager CPU inference call of a deployed PATNet builds it with
+``torch.utils.cpp_extension`` (about 10 s with a C++ compiler and ninja; kept in ``TORCH_EXTENSIONS_DIR``, by
+default ``~/.cache/torch_extensions``, and rebuilt only when the source changes). Where the build fails the
+PyTorch form runs instead and one warning says why. ``PATNET_CPU_KERNELS=0`` skips the build and the kernels.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCES = [Path(__file__).resolve().parent / "csrc" / "gated_concat.cpp"]
+ENABLED = os.environ.get("PATNET_CPU_KERNELS", "1") != "0"  # docs/bench/change_ab.py toggles it for its A/B
+_lock = threading.Lock()
+_loaded: list[bool] = []  # empty until the first build attempt, then its outcome
+
+
+def available() -> bool:
+    """Whether ``torch.ops.patnet`` holds the kernels; the first call builds or loads them (never under
+    TorchScript, tracing or ``torch.compile``, whose graphs keep the PyTorch form)."""
+    if not ENABLED:
+        return False
+    if not _loaded:
+        with _lock:
+            if not _loaded:
+                _loaded.append(_build())
+    return _loaded[0]
+
+
+def _build() -> bool:
+    """Compiles and loads :data:`SOURCES` as the ``patnet`` operator library; False, with a warning, on failure."""
+    try:
+        _put_ninja_on_path()
+        cpp_extension = _quiet_import()
+        cpp_extension.load(name="patnet_cpu_kernels", sources=[str(path) for path in SOURCES],
+                           extra_cflags=["-O3"], is_python_module=False, verbose=False)
+    except Exception as exc:  # no compiler, no ninja, a failed build: the PyTorch form still runs
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        warnings.warn(f"patnet: C++ CPU kernels unavailable ({reason}); eager inference runs the PyTorch form. "
+                      "Install a C++ compiler and ninja to build them, or set PATNET_CPU_KERNELS=0 to skip.",
+                      RuntimeWarning, stacklevel=3)
+        return False
+    return hasattr(torch.ops.patnet, "gated_concat")
+
+
+def _put_ninja_on_path() -> None:
+    """Adds the ``ninja`` wheel's binary folder to ``PATH`` when the wheel is installed (its console script lives
+    in the environment's ``bin``, which is not on ``PATH`` unless the environment is activated)."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    folder = getattr(ninja, "BIN_DIR", None)
+    if folder and folder not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([folder, os.environ.get("PATH", "")])
+
+
+def _quiet_import():
+    """``torch.utils.cpp_extension`` without its import-time note that no CUDA runtime was found."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension as cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension

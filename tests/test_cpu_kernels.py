@@ -1,0 +1,155 @@
+"""patnet's C++ CPU kernel for PAT_ch's deploy form: the same numbers as the PyTorch form, taken only where it
+applies, and a failed build costs one warning, never a result."""
+import copy
+import importlib.util
+import shutil
+
+import pytest
+import timm
+import torch
+from helpers import randomize_inference_state
+
+import patnet  # noqa: F401
+import patnet.layers.fused as fused_layers
+from patnet.deploy import deploy
+from patnet.layers import PartialChannelAttn, cpu_kernels
+from patnet.models.patnet import PatBlock
+
+HAS_NINJA = shutil.which("ninja") is not None or importlib.util.find_spec("ninja") is not None
+BUILDABLE = HAS_NINJA and (shutil.which("c++") or shutil.which("g++")) is not None
+
+
+def _relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    return ((expected.float() - actual.float()).abs().max() / expected.float().abs().max()).item()
+
+
+@pytest.fixture
+def kernels():
+    """The kernels, built; a machine without a compiler or ninja skips, one with them must build."""
+    if not BUILDABLE:
+        pytest.skip("no C++ compiler or ninja on this machine")
+    assert cpu_kernels.available(), "the C++ CPU kernels failed to build on a machine with a compiler and ninja"
+
+
+def _mixer(seed: int = 0, dim: int = 48):
+    torch.manual_seed(seed)
+    block = randomize_inference_state(PatBlock(dim, "pat_ch", num_heads=4), seed=seed).eval()
+    block.reparameterize()
+    return block.spatial_mixing
+
+
+def _taken(monkeypatch) -> list:
+    calls = []
+    original = fused_layers.FusedPartialChannelAttn._gated_concat
+
+    def recording(self, x, mixed):
+        calls.append(tuple(x.shape))
+        return original(self, x, mixed)
+    monkeypatch.setattr(fused_layers.FusedPartialChannelAttn, "_gated_concat", recording)
+    return calls
+
+
+def _both_forms(mixer, x, monkeypatch):
+    with torch.no_grad():
+        kernel = mixer(x)
+        monkeypatch.setattr(cpu_kernels, "ENABLED", False)
+        pytorch = mixer(x)
+        monkeypatch.setattr(cpu_kernels, "ENABLED", True)
+    return kernel, pytorch
+
+
+@pytest.mark.parametrize("size", [(56, 56), (16, 16), (13, 9), (2, 2), (1, 1)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gated_concat_equals_pytorch_form(kernels, monkeypatch, size, batch):
+    mixer = _mixer(seed=size[0])
+    x = (torch.randn(batch, 48, *size, generator=torch.Generator().manual_seed(batch)) * 2 + 0.5).contiguous(
+        memory_format=torch.channels_last)
+    taken = _taken(monkeypatch)
+    kernel, pytorch = _both_forms(mixer, x, monkeypatch)
+    assert taken == [tuple(x.shape)]
+    assert kernel.is_contiguous(memory_format=torch.channels_last) and kernel.shape == x.shape
+    assert _relative_error(pytorch, kernel) <= 1e-6
+    assert torch.equal(kernel[:, :mixer.conv_dim], pytorch[:, :mixer.conv_dim])
+
+
+def test_gated_concat_in_bfloat16_is_as_close_as_pytorch_form(kernels, monkeypatch):
+    mixer = _mixer(seed=1)
+    x = (torch.randn(1, 48, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 + 0.5).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        reference = mixer(x)
+    kernel, pytorch = _both_forms(copy.deepcopy(mixer).to(torch.bfloat16), x.to(torch.bfloat16), monkeypatch)
+    assert kernel.dtype == torch.bfloat16
+    assert _relative_error(reference, kernel) <= max(2 * _relative_error(reference, pytorch), 1e-2)
+
+
+@pytest.mark.parametrize("name, size, chans", [("patnet_t0", 64, 1), ("patnet_t0", 224, 3), ("patnet_t1", 93, 3)])
+def test_deploy_form_with_kernel_equals_training_form(kernels, monkeypatch, name, size, chans):
+    model = randomize_inference_state(timm.create_model(name, num_classes=10, in_chans=chans), seed=7).eval()
+    x = torch.randn(1, chans, size, size + 3, generator=torch.Generator().manual_seed(size))
+    taken = _taken(monkeypatch)
+    with torch.no_grad():
+        assert _relative_error(model(x), deploy(model)(x)) <= 1e-5
+    assert len(taken) == sum(isinstance(module, PartialChannelAttn) for module in model.modules())
+
+
+def test_kernel_skipped_where_it_does_not_apply(kernels, monkeypatch):
+    """NCHW maps, autocast's mixed dtypes, inputs that need gradients, TorchScript and disabled kernels take
+    PyTorch's form."""
+    mixer = _mixer(seed=2)
+    x = torch.randn(1, 48, 8, 8, generator=torch.Generator().manual_seed(2))
+    taken = _taken(monkeypatch)
+    with torch.no_grad():
+        mixer(x)  # NCHW
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixer(x.contiguous(memory_format=torch.channels_last))
+    mixer(x.contiguous(memory_format=torch.channels_last).requires_grad_(True)).sum().backward()
+    monkeypatch.setattr(cpu_kernels, "ENABLED", False)
+    with torch.no_grad():
+        mixer(x.contiguous(memory_format=torch.channels_last))
+    monkeypatch.setattr(cpu_kernels, "ENABLED", True)
+    scripted = torch.jit.script(copy.deepcopy(mixer).float())
+    with torch.no_grad():
+        scripted(x.contiguous(memory_format=torch.channels_last))
+    assert taken == []
+
+
+def test_disabled_kernels_never_build(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "ENABLED", False)
+    monkeypatch.setattr(cpu_kernels, "_loaded", [])
+    assert cpu_kernels.available() is False
+    assert cpu_kernels._loaded == []
+
+
+def test_failed_build_warns_once_and_pytorch_form_runs(monkeypatch):
+    class FailingBuild:
+        @staticmethod
+        def load(**_):
+            raise RuntimeError("Error building extension 'patnet_cpu_kernels': c++: not found\nmore output")
+
+    monkeypatch.setattr(cpu_kernels, "_loaded", [])
+    monkeypatch.setattr(cpu_kernels, "_quiet_import", lambda: FailingBuild)
+    mixer = _mixer(seed=3)
+    x = torch.randn(1, 48, 8, 8, generator=torch.Generator().manual_seed(3)).contiguous(
+        memory_format=torch.channels_last)
+    with pytest.warns(RuntimeWarning) as caught, torch.no_grad():
+        first = mixer(x)
+        second = mixer(x)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "C++ CPU kernels unavailable (Error building extension" in messages[0]
+    assert "\n" not in messages[0] and "PATNET_CPU_KERNELS=0" in messages[0]
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda x, conv: (x.contiguous(), conv), "channels-last"),
+    (lambda x, conv: (x, conv[:, :, :4]), "conv must be"),
+    (lambda x, conv: (x.double(), conv.double()), "share one dtype"),
+])
+def test_op_rejects_bad_inputs_with_one_line(kernels, change, message):
+    mixer = _mixer(seed=4)
+    x = torch.randn(1, 48, 8, 8).contiguous(memory_format=torch.channels_last)
+    conv = torch.randn(1, mixer.conv_dim, 8, 8).contiguous(memory_format=torch.channels_last)
+    x, conv = change(x, conv)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.patnet.gated_concat(x, conv, mixer.gate.weight, mixer.gate.bias)
