@@ -153,3 +153,32 @@ def test_op_rejects_bad_inputs_with_one_line(kernels, change, message):
     x, conv = change(x, conv)
     with pytest.raises(RuntimeError, match=message):
         torch.ops.patnet.gated_concat(x, conv, mixer.gate.weight, mixer.gate.bias)
+
+
+def _reference(x, conv, weight, bias):
+    """``[conv, x_u * hsig([mean, std](x_u) W + b)]`` in float64 from the op's inputs."""
+    x, conv, weight, bias = (t.double() for t in (x, conv, weight, bias))
+    channels, passed = x.shape[1], conv.shape[1]
+    untouched = x[:, passed:]
+    mean, std = untouched.mean(dim=(2, 3)), untouched.std(dim=(2, 3)).nan_to_num(0.0)
+    gate = bias + mean @ weight[passed:channels] + std @ weight[channels + passed:]
+    return torch.cat((conv, untouched * torch.nn.functional.hardsigmoid(gate)[:, :, None, None]), dim=1)
+
+
+@pytest.mark.parametrize("channels, passed, size", [(20, 5, (7, 5)), (48, 12, (1, 1)), (37, 9, (3, 64)),
+                                                    (64, 16, (28, 28))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_op_equals_float64_reference_for_any_width(kernels, channels, passed, size, dtype):
+    """Widths that are not a multiple of the kernel's 16-channel tiles, single pixels, odd row counts."""
+    gen = torch.Generator().manual_seed(channels)
+    x = (torch.randn(2, channels, *size, generator=gen) * 3 + 1).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    conv = torch.randn(2, passed, *size, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(2 * channels, channels - passed, generator=gen) * 0.3).to(dtype)
+    bias = torch.randn(channels - passed, generator=gen).to(dtype)
+    out = torch.ops.patnet.gated_concat(x, conv, weight, bias)
+    expected = _reference(x, conv, weight, bias)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out[:, :passed], conv)
+    tolerance = 1e-6 if dtype == torch.float32 else 2 ** -8  # bfloat16: its own rounding of the product
+    assert _relative_error(expected, out) <= tolerance

@@ -40,7 +40,7 @@ def _build() -> bool:
         _put_ninja_on_path()
         cpp_extension = _quiet_import()
         cpp_extension.load(name="patnet_cpu_kernels", sources=[str(path) for path in SOURCES],
-                           extra_cflags=["-O3"], is_python_module=False, verbose=False)
+                           extra_cflags=["-O3", "-fno-tree-loop-distribute-patterns"], is_python_module=False, verbose=False)
     except Exception as exc:  # no compiler, no ninja, a failed build: the PyTorch form still runs
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         warnings.warn(f"patnet: C++ CPU kernels unavailable ({reason}); eager inference runs the PyTorch form. "

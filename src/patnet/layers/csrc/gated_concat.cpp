@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -19,10 +21,15 @@ namespace {
 #else
 #define PATNET_CLONES
 #endif
+// What the cloned loops call is inlined into each clone, so it is compiled for that clone's instructions too.
+#define PATNET_INLINE inline __attribute__((always_inline))
 
-// Rows are summed in float in blocks of this many, each block's sums added to double accumulators: the inner
-// loop vectorises and the rounding stays that of a 64-term float sum.
+// Rows are summed in float in blocks of this many, each block's sums added to double accumulators: the rounding
+// stays that of a 64-term float sum.
 constexpr int64_t kBlockRows = 64;
+// Channels taken together: a tile's accumulators stay in vector registers (two sets, alternate rows), where
+// accumulators in memory would make every row wait for the previous row's store.
+constexpr int64_t kTile = 16;
 
 struct Map {
   int64_t rows;      // H * W
@@ -30,52 +37,145 @@ struct Map {
   int64_t passed;    // P: conv's channels, the row stride of conv
 };
 
-template <typename T>
-inline void add_block_sums(const T* x, const Map& m, int64_t begin, int64_t end, const float* centre, float* block,
-                           double* sums) {
-  const int64_t gated = m.channels - m.passed;
-  std::fill(block, block + gated, 0.0f);
-  for (int64_t r = begin; r < end; ++r) {
-    const T* row = x + r * m.channels + m.passed;
-    if (centre == nullptr) {
-      for (int64_t c = 0; c < gated; ++c) block[c] += static_cast<float>(row[c]);
-    } else {
-      for (int64_t c = 0; c < gated; ++c) {
-        const float d = static_cast<float>(row[c]) - centre[c];
-        block[c] += d * d;
-      }
-    }
-  }
-  for (int64_t c = 0; c < gated; ++c) sums[c] += block[c];
+// kTile floats as one GCC/Clang vector: each clone of the loops below runs it in its own registers (one zmm
+// with AVX-512, two ymm with AVX2) instead of what the auto-vectoriser makes of short rows.
+typedef float Floats __attribute__((vector_size(kTile * sizeof(float))));
+typedef int32_t Ints __attribute__((vector_size(kTile * sizeof(int32_t))));
+typedef uint32_t Words __attribute__((vector_size(kTile * sizeof(uint32_t))));
+typedef uint16_t Halves __attribute__((vector_size(kTile * sizeof(uint16_t))));
+
+PATNET_INLINE Floats load_tile(const float* p) {
+  Floats v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 
-// sums[c] = sum over rows of x_u[r, c] (centre null) or of (x_u[r, c] - centre[c])^2.
-template <typename T>
-inline void column_sums_body(const T* x, const Map& m, const float* centre, float* block, double* sums) {
-  std::fill(sums, sums + (m.channels - m.passed), 0.0);
+PATNET_INLINE Floats load_tile(const c10::BFloat16* p) {  // a bfloat16 is a float's upper half
+  Halves halves;
+  std::memcpy(&halves, p, sizeof halves);
+  const Words words = __builtin_convertvector(halves, Words) << 16;
+  Floats v;
+  std::memcpy(&v, &words, sizeof v);
+  return v;
+}
+
+PATNET_INLINE void store_tile(float* p, Floats v) { std::memcpy(p, &v, sizeof v); }
+
+PATNET_INLINE void store_tile(c10::BFloat16* p, Floats v) {  // round to nearest even, NaN stays NaN (as c10)
+  Words bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const Words nan = reinterpret_cast<Words>(v != v);
+  const Words rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const Halves halves = __builtin_convertvector((rounded & ~nan) | (nan & 0x7FC0u), Halves);
+  std::memcpy(p, &halves, sizeof halves);
+}
+
+// sums[k] = sum over rows of x[r, k] for kTile channels (kCentred: of (x[r, k] - centre[k])^2).
+template <bool kCentred, typename T>
+PATNET_INLINE void tile_sums(const T* x, const Map& m, const float* centre, double* sums) {
+  const Floats shift = kCentred ? load_tile(centre) : Floats{};
+  for (int64_t k = 0; k < kTile; ++k) sums[k] = 0.0;
   for (int64_t begin = 0; begin < m.rows; begin += kBlockRows) {
-    add_block_sums(x, m, begin, std::min(begin + kBlockRows, m.rows), centre, block, sums);
+    const int64_t end = std::min(begin + kBlockRows, m.rows);
+    Floats even = {}, odd = {};
+    int64_t r = begin;
+    for (; r + 1 < end; r += 2) {
+      const Floats a = load_tile(x + r * m.channels) - shift, b = load_tile(x + (r + 1) * m.channels) - shift;
+      even += kCentred ? a * a : a;
+      odd += kCentred ? b * b : b;
+    }
+    if (r < end) {
+      const Floats a = load_tile(x + r * m.channels) - shift;
+      even += kCentred ? a * a : a;
+    }
+    for (int64_t k = 0; k < kTile; ++k) sums[k] += static_cast<double>(even[k]) + static_cast<double>(odd[k]);
   }
 }
 
-PATNET_CLONES void column_sums(const float* x, const Map& m, const float* centre, float* block, double* sums) {
-  column_sums_body(x, m, centre, block, sums);
-}
-
-PATNET_CLONES void column_sums(const c10::BFloat16* x, const Map& m, const float* centre, float* block,
-                               double* sums) {
-  column_sums_body(x, m, centre, block, sums);
-}
-
-// out[r] = [conv[r], x_u[r] * scale]
-template <typename T>
-inline void write_rows_body(const T* x, const T* conv, const float* scale, const Map& m, T* out) {
-  const int64_t gated = m.channels - m.passed;
+// One channel's sum, for channels past the last whole tile (a width that is not a multiple of kTile).
+template <bool kCentred, typename T>
+PATNET_INLINE double channel_sum(const T* x, const Map& m, float centre) {
+  double sum = 0.0;
   for (int64_t r = 0; r < m.rows; ++r) {
-    const T* in = x + r * m.channels + m.passed;
-    T* row = out + r * m.channels;
-    std::copy(conv + r * m.passed, conv + (r + 1) * m.passed, row);
-    for (int64_t c = 0; c < gated; ++c) row[m.passed + c] = static_cast<T>(static_cast<float>(in[c]) * scale[c]);
+    const double d = static_cast<double>(static_cast<float>(x[r * m.channels])) - (kCentred ? centre : 0.0f);
+    sum += kCentred ? d * d : d;
+  }
+  return sum;
+}
+
+// sums[c] = sum over rows of x[r, c] or (kCentred) of (x[r, c] - centre[c])^2, from the tile that holds channel
+// P on (earlier channels' sums are left as they are).
+template <bool kCentred, typename T>
+PATNET_INLINE void column_sums(const T* x, const Map& m, const float* centre, double* sums) {
+  int64_t c = m.passed / kTile * kTile;
+  for (; c + kTile <= m.channels; c += kTile) tile_sums<kCentred>(x + c, m, centre + c, sums + c);
+  for (; c < m.channels; ++c) sums[c] = channel_sum<kCentred>(x + c, m, centre[c]);
+}
+
+// gate[o] += sum over i of moments[i] * w[i, o] for the (n, gated) rows w: one tile of outputs at a time.
+template <typename T>
+PATNET_INLINE void add_products(const float* moments, const T* w, int64_t n, int64_t gated, float* gate) {
+  int64_t o = 0;
+  for (; o + kTile <= gated; o += kTile) {
+    Floats acc = load_tile(gate + o);
+    for (int64_t i = 0; i < n; ++i) acc += moments[i] * load_tile(w + i * gated + o);
+    store_tile(gate + o, acc);
+  }
+  for (; o < gated; ++o) {
+    for (int64_t i = 0; i < n; ++i) gate[o] += moments[i] * static_cast<float>(w[i * gated + o]);
+  }
+}
+
+// scale[P:C] = hsig([mean, std] W + b) over the gated channels (two passes over the map for the statistics).
+template <typename T>
+PATNET_INLINE void gate_scale_body(const T* x, const Map& m, const T* weight, const T* bias, float* scale) {
+  const int64_t channels = m.channels, passed = m.passed, gated = channels - passed;
+  std::vector<float> mean(channels, 0.0f), std_dev(channels, 0.0f);
+  std::vector<double> sums(channels, 0.0);
+  column_sums<false>(x, m, mean.data(), sums.data());
+  for (int64_t c = passed; c < channels; ++c) mean[c] = static_cast<float>(sums[c] / m.rows);
+  column_sums<true>(x, m, mean.data(), sums.data());
+  const double bessel = m.rows > 1 ? static_cast<double>(m.rows) / static_cast<double>(m.rows - 1) : 1.0;
+  for (int64_t c = passed; c < channels; ++c) std_dev[c] = static_cast<float>(std::sqrt(sums[c] / m.rows * bessel));
+  float* gate = scale + passed;
+  for (int64_t o = 0; o < gated; ++o) gate[o] = static_cast<float>(bias[o]);
+  add_products(mean.data() + passed, weight + passed * gated, gated, gated, gate);
+  add_products(std_dev.data() + passed, weight + (channels + passed) * gated, gated, gated, gate);
+  for (int64_t o = 0; o < gated; ++o) gate[o] = std::min(std::max(gate[o] + 3.0f, 0.0f), 6.0f) / 6.0f;
+}
+
+PATNET_CLONES void gate_scale(const float* x, const Map& m, const float* weight, const float* bias, float* scale) {
+  gate_scale_body(x, m, weight, bias, scale);
+}
+
+PATNET_CLONES void gate_scale(const c10::BFloat16* x, const Map& m, const c10::BFloat16* weight,
+                              const c10::BFloat16* bias, float* scale) {
+  gate_scale_body(x, m, weight, bias, scale);
+}
+
+// to[0:n] = from[0:n] as raw values (a bfloat16's bits as a uint16_t, which the compiler copies in vectors).
+PATNET_INLINE void copy_values(const float* from, int64_t n, float* to) {
+  for (int64_t i = 0; i < n; ++i) to[i] = from[i];
+}
+
+PATNET_INLINE void copy_values(const c10::BFloat16* from, int64_t n, c10::BFloat16* to) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(from);
+  uint16_t* into = reinterpret_cast<uint16_t*>(to);
+  for (int64_t i = 0; i < n; ++i) into[i] = bits[i];
+}
+
+// out[r] = [conv[r], x_u[r] * scale]: whole-row tiles of x * scale, then conv's P values over the row's start
+// (element loops, not std::copy, which calls memcpy for every short row).
+template <typename T>
+PATNET_INLINE void write_rows_body(const T* x, const T* conv, const float* scale, const Map& m, T* out) {
+  const int64_t channels = m.channels, passed = m.passed;
+  for (int64_t r = 0; r < m.rows; ++r) {
+    const T* in = x + r * channels;
+    T* row = out + r * channels;
+    int64_t c = 0;
+    for (; c + kTile <= channels; c += kTile) store_tile(row + c, load_tile(in + c) * load_tile(scale + c));
+    for (; c < channels; ++c) row[c] = static_cast<T>(static_cast<float>(in[c]) * scale[c]);
+    copy_values(conv + r * passed, passed, row);
   }
 }
 
@@ -86,27 +186,6 @@ PATNET_CLONES void write_rows(const float* x, const float* conv, const float* sc
 PATNET_CLONES void write_rows(const c10::BFloat16* x, const c10::BFloat16* conv, const float* scale, const Map& m,
                               c10::BFloat16* out) {
   write_rows_body(x, conv, scale, m, out);
-}
-
-// scale = hsig([mean, std] W + b) over the gated channels, the statistics from column_sums' two passes.
-template <typename T>
-void gate_scale(const T* x, const Map& m, const T* weight, const T* bias, float* scale) {
-  const int64_t gated = m.channels - m.passed;
-  std::vector<float> block(gated), mean(gated);
-  std::vector<double> sums(gated);
-  column_sums(x, m, nullptr, block.data(), sums.data());
-  for (int64_t c = 0; c < gated; ++c) mean[c] = static_cast<float>(sums[c] / m.rows);
-  column_sums(x, m, mean.data(), block.data(), sums.data());
-  const double bessel = m.rows > 1 ? static_cast<double>(m.rows) / static_cast<double>(m.rows - 1) : 1.0;
-  for (int64_t o = 0; o < gated; ++o) scale[o] = static_cast<float>(bias[o]);
-  for (int64_t c = 0; c < gated; ++c) {
-    const float moments[2] = {mean[c], static_cast<float>(std::sqrt(sums[c] / m.rows * bessel))};
-    for (int64_t k = 0; k < 2; ++k) {
-      const T* w = weight + (k * m.channels + m.passed + c) * gated;
-      for (int64_t o = 0; o < gated; ++o) scale[o] += moments[k] * static_cast<float>(w[o]);
-    }
-  }
-  for (int64_t o = 0; o < gated; ++o) scale[o] = std::min(std::max(scale[o] + 3.0f, 0.0f), 6.0f) / 6.0f;
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& conv, const at::Tensor& weight, const at::Tensor& bias) {
@@ -130,7 +209,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& conv, const at::Tensor&
 template <typename T>
 void gated_concat_into(const at::Tensor& x, const at::Tensor& conv, const at::Tensor& weight, const at::Tensor& bias,
                        const Map& m, at::Tensor& out) {
-  std::vector<float> scale(m.channels - m.passed);
+  std::vector<float> scale(m.channels, 0.0f);  // the first P values are never read into out
   for (int64_t n = 0; n < x.size(0); ++n) {
     const T* sample = x.const_data_ptr<T>() + n * m.rows * m.channels;
     gate_scale(sample, m, weight.const_data_ptr<T>(), bias.const_data_ptr<T>(), scale.data());
