@@ -198,7 +198,10 @@ class FusedPartialChannelAttn(_PartialMixer):
     ``PConv(X * [1, g])``: every consumer of the split stays on one layout (in OpenVINO a split feeding both
     a conv and a reduction cost as much as all the 1x1 convs). PyTorch scales only ``Xu``, as it is copied
     into the output (no pass that writes the gated map); A/B on an AMD EPYC, one thread, against before:
-    compiled bf16 patnet_t0 0.94 of before with one-pass statistics (:func:`compiled_mean_std`).
+    compiled bf16 patnet_t0 0.94 of before with one-pass statistics (:func:`compiled_mean_std`). Eager CPU
+    inference makes that one C++ call (:mod:`~patnet.layers.cpu_kernels`) instead of about ten operators: on an
+    AMD EPYC Zen 5, one process, one / two threads, 0.91 / 0.87 of before for the 64 px model in fp32, patnet_t0
+    0.94 / 0.91, patnet_t2 0.96 / 0.95, bf16 0.84-0.93 (docs/bench/change-ab.md, ``cpp-gate``).
     """
 
     def __init__(self, conv: nn.Conv2d, gate: FusedChannelGate, untouched_dim: int):
