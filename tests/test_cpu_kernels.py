@@ -182,3 +182,14 @@ def test_op_equals_float64_reference_for_any_width(kernels, channels, passed, si
     assert torch.equal(out[:, :passed], conv)
     tolerance = 1e-6 if dtype == torch.float32 else 2 ** -8  # bfloat16: its own rounding of the product
     assert _relative_error(expected, out) <= tolerance
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_input_stays_non_finite_as_in_pytorch_form(kernels, monkeypatch, dtype):
+    """A NaN in the map makes that sample's gated channels NaN in both forms (never a finite, wrong number)."""
+    mixer = copy.deepcopy(_mixer(seed=6)).to(dtype)
+    x = torch.randn(2, 48, 5, 5, generator=torch.Generator().manual_seed(6)).to(dtype)
+    x[0, 40, 2, 3] = float("nan")
+    kernel, pytorch = _both_forms(mixer, x.contiguous(memory_format=torch.channels_last), monkeypatch)
+    assert torch.equal(kernel.isnan(), pytorch.isnan())
+    assert kernel[0, mixer.conv_dim:].isnan().all() and not kernel[1].isnan().any()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).resolve().parent / "csrc" / "gated_concat.cpp"]
+CFLAGS = ["-O3", "-fno-tree-loop-distribute-patterns"]  # the second: short copy loops stay loops, not memcpy calls
 ENABLED = os.environ.get("PATNET_CPU_KERNELS", "1") != "0"  # docs/bench/change_ab.py toggles it for its A/B
 _lock = threading.Lock()
 _loaded: list[bool] = []  # empty until the first build attempt, then its outcome
@@ -39,8 +40,8 @@ def _build() -> bool:
     try:
         _put_ninja_on_path()
         cpp_extension = _quiet_import()
-        cpp_extension.load(name="patnet_cpu_kernels", sources=[str(path) for path in SOURCES],
-                           extra_cflags=["-O3", "-fno-tree-loop-distribute-patterns"], is_python_module=False, verbose=False)
+        cpp_extension.load(name="patnet_cpu_kernels", sources=[str(path) for path in SOURCES], extra_cflags=CFLAGS,
+                           is_python_module=False, verbose=False)
     except Exception as exc:  # no compiler, no ninja, a failed build: the PyTorch form still runs
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         warnings.warn(f"patnet: C++ CPU kernels unavailable ({reason}); eager inference runs the PyTorch form. "

@@ -40,7 +40,6 @@ struct Map {
 // kTile floats as one GCC/Clang vector: each clone of the loops below runs it in its own registers (one zmm
 // with AVX-512, two ymm with AVX2) instead of what the auto-vectoriser makes of short rows.
 typedef float Floats __attribute__((vector_size(kTile * sizeof(float))));
-typedef int32_t Ints __attribute__((vector_size(kTile * sizeof(int32_t))));
 typedef uint32_t Words __attribute__((vector_size(kTile * sizeof(uint32_t))));
 typedef uint16_t Halves __attribute__((vector_size(kTile * sizeof(uint16_t))));
 
@@ -165,7 +164,7 @@ PATNET_INLINE void copy_values(const c10::BFloat16* from, int64_t n, c10::BFloat
 }
 
 // out[r] = [conv[r], x_u[r] * scale]: whole-row tiles of x * scale, then conv's P values over the row's start
-// (element loops, not std::copy, which calls memcpy for every short row).
+// (an element loop: cpu_kernels builds with -fno-tree-loop-distribute-patterns, so no memcpy call per short row).
 template <typename T>
 PATNET_INLINE void write_rows_body(const T* x, const T* conv, const float* scale, const Map& m, T* out) {
   const int64_t channels = m.channels, passed = m.passed;
