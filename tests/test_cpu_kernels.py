@@ -121,24 +121,53 @@ def test_disabled_kernels_never_build(monkeypatch):
     assert cpu_kernels._loaded == []
 
 
-def test_failed_build_warns_once_and_pytorch_form_runs(monkeypatch):
+BUILD_LOG = ("Error building extension 'patnet_cpu_kernels': [1/2] c++ -MMD -O3 -c gated_concat.cpp\n"
+             "FAILED: gated_concat.o\n"
+             "gated_concat.cpp:7:10: fatal error: ATen/ATen.h: No such file or directory\n"
+             "ninja: build stopped: subcommand failed.")
+
+
+def _mixer_outputs_with_build(monkeypatch, which, log: str = BUILD_LOG):
+    """Two calls of a mixer whose first eager call builds the kernels with ``shutil.which`` answering ``which``
+    and the build raising ``log``; the warnings they give."""
     class FailingBuild:
         @staticmethod
         def load(**_):
-            raise RuntimeError("Error building extension 'patnet_cpu_kernels': c++: not found\nmore output")
+            raise RuntimeError(log)
 
     monkeypatch.setattr(cpu_kernels, "_loaded", [])
     monkeypatch.setattr(cpu_kernels, "_quiet_import", lambda: FailingBuild)
+    monkeypatch.setattr(cpu_kernels.shutil, "which", which)
     mixer = _mixer(seed=3)
     x = torch.randn(1, 48, 8, 8, generator=torch.Generator().manual_seed(3)).contiguous(
         memory_format=torch.channels_last)
     with pytest.warns(RuntimeWarning) as caught, torch.no_grad():
-        first = mixer(x)
-        second = mixer(x)
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "C++ CPU kernels unavailable (Error building extension" in messages[0]
-    assert "\n" not in messages[0] and "PATNET_CPU_KERNELS=0" in messages[0]
-    assert torch.equal(first, second)
+        outputs = mixer(x), mixer(x)
+    monkeypatch.setattr(cpu_kernels, "ENABLED", False)
+    with torch.no_grad():
+        expected = mixer(x)
+    return outputs, expected, [str(w.message) for w in caught]
+
+
+def test_failed_build_warns_once_with_its_cause_and_pytorch_form_runs(monkeypatch):
+    (first, second), expected, messages = _mixer_outputs_with_build(monkeypatch, lambda tool: f"/usr/bin/{tool}")
+    assert messages == ["patnet: C++ CPU kernels unavailable (gated_concat.cpp:7:10: fatal error: ATen/ATen.h: No "
+                        "such file or directory); eager inference runs the PyTorch form. Install a C++ compiler and "
+                        "ninja to build them, or set PATNET_CPU_KERNELS=0 to skip."]
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def test_missing_compiler_is_named_without_a_build(monkeypatch):
+    (first, _), expected, messages = _mixer_outputs_with_build(
+        monkeypatch, lambda tool: None if tool == "c++" else f"/usr/bin/{tool}", log="the build must not run")
+    assert len(messages) == 1 and "(c++ not found on PATH)" in messages[0]
+    assert torch.equal(first, expected)
+
+
+def test_build_error_cause_is_one_short_line():
+    assert cpu_kernels._first_cause("x" * 500) == "x" * 197 + "..."
+    assert cpu_kernels._first_cause("first\n/bin/sh: 1: c++: not found\nlast") == "/bin/sh: 1: c++: not found"
+    assert cpu_kernels._first_cause("") == ""
 
 
 @pytest.mark.parametrize("change, message", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -37,18 +38,34 @@ def available() -> bool:
 
 def _build() -> bool:
     """Compiles and loads :data:`SOURCES` as the ``patnet`` operator library; False, with a warning, on failure."""
+    _put_ninja_on_path()
+    compiler = os.environ.get("CXX", "c++")  # the compiler torch's build calls
+    missing = [tool for tool in (compiler, "ninja") if shutil.which(tool) is None]
+    if missing:
+        return _unavailable(f"{' and '.join(missing)} not found on PATH")
     try:
-        _put_ninja_on_path()
         cpp_extension = _quiet_import()
         cpp_extension.load(name="patnet_cpu_kernels", sources=[str(path) for path in SOURCES], extra_cflags=CFLAGS,
                            is_python_module=False, verbose=False)
-    except Exception as exc:  # no compiler, no ninja, a failed build: the PyTorch form still runs
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        warnings.warn(f"patnet: C++ CPU kernels unavailable ({reason}); eager inference runs the PyTorch form. "
-                      "Install a C++ compiler and ninja to build them, or set PATNET_CPU_KERNELS=0 to skip.",
-                      RuntimeWarning, stacklevel=3)
-        return False
+    except Exception as exc:  # a failed build or load: the PyTorch form still runs
+        return _unavailable(_first_cause(str(exc)) or type(exc).__name__)
     return hasattr(torch.ops.patnet, "gated_concat")
+
+
+def _unavailable(reason: str) -> bool:
+    warnings.warn(f"patnet: C++ CPU kernels unavailable ({reason}); eager inference runs the PyTorch form. "
+                  "Install a C++ compiler and ninja to build them, or set PATNET_CPU_KERNELS=0 to skip.",
+                  RuntimeWarning, stacklevel=4)
+    return False
+
+
+def _first_cause(message: str) -> str:
+    """The line of a build error that says what went wrong (a compiler's ``error:``, a missing file), else its
+    first line; at most 200 characters."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    causes = [line for line in lines if any(mark in line.lower() for mark in ("error:", "not found", "no such file"))]
+    chosen = (causes or lines or [""])[0]
+    return chosen if len(chosen) <= 200 else chosen[:197] + "..."
 
 
 def _put_ninja_on_path() -> None:
