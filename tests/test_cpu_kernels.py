@@ -104,6 +104,10 @@ def test_kernel_skipped_where_it_does_not_apply(kernels, monkeypatch):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixer(x.contiguous(memory_format=torch.channels_last))
     mixer(x.contiguous(memory_format=torch.channels_last).requires_grad_(True)).sum().backward()
+    mixer.gate.bias.requires_grad_(True)
+    mixer(x.contiguous(memory_format=torch.channels_last)).sum().backward()
+    assert mixer.gate.bias.grad is not None
+    mixer.gate.bias.requires_grad_(False)
     monkeypatch.setattr(cpu_kernels, "ENABLED", False)
     with torch.no_grad():
         mixer(x.contiguous(memory_format=torch.channels_last))

@@ -25,8 +25,8 @@ _loaded: list[bool] = []  # empty until the first build attempt, then its outcom
 
 
 def available() -> bool:
-    """Whether ``torch.ops.patnet`` holds the kernels; the first call builds or loads them (never under
-    TorchScript, tracing or ``torch.compile``, whose graphs keep the PyTorch form)."""
+    """Whether ``torch.ops.patnet`` holds the kernels; the first call builds or loads them. Only eager inference
+    asks: TorchScript, tracing and ``torch.compile`` keep the PyTorch form."""
     if not ENABLED:
         return False
     if not _loaded:

@@ -230,8 +230,8 @@ class FusedPartialChannelAttn(_PartialMixer):
         gate = self.gate
         if x.device.type != "cpu" or not (x.dtype == mixed.dtype == gate.weight.dtype == gate.bias.dtype):
             return False
-        if torch.is_grad_enabled() and (mixed.requires_grad or x.requires_grad or gate.weight.requires_grad):
-            return False
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, mixed, gate.weight, gate.bias)):
+            return False  # the op has no backward
         return (x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous(memory_format=torch.channels_last)
                 and cpu_kernels.available())
 
