@@ -66,3 +66,19 @@ def test_count_macs_keeps_training_mode():
     count_macs(model, (3, 8, 8))
     assert model.training
     assert torch.equal(model[1].running_mean, torch.zeros(4))  # eval mode during the count: stats untouched
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deployed_patnet_counts_its_training_forms_macs(dtype):
+    """The deploy form's inference-only kernels (oneDNN's prepacked products: bf16 everywhere, fp32 on AMD; the
+    C++ gate) are invisible to FlopCounterMode; counting runs the differentiable operators instead."""
+    import timm
+
+    import patnet  # noqa: F401
+    from patnet.deploy import deploy
+
+    model = timm.create_model("patnet_t0", num_classes=10).eval()
+    trained = count_macs(model)  # at 224 px, where the products are large enough for oneDNN
+    deployed = count_macs(deploy(model).to(dtype))
+    assert abs(deployed - trained) <= 0.01 * trained  # the deploy gate multiplies all channels' statistics
+    assert not any(p.grad is not None for p in model.parameters())

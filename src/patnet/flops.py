@@ -21,18 +21,22 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224), batch_size: int = 1) -> int:
-    """Multiply-adds of one forward pass of ``model`` on a ``(batch_size, *input_size)`` input."""
+    """Multiply-adds of one forward pass of ``model`` on a ``(batch_size, *input_size)`` input.
+
+    The input requires a gradient, so a deployed PATNet takes its differentiable operators: its inference-only
+    kernels (oneDNN's prepacked products, the C++ gate) are opaque to ``FlopCounterMode``, which counted 96M of
+    deployed patnet_t2's 1.03G multiply-adds on an AMD CPU, where eager fp32 products go to oneDNN."""
     if len(input_size) != 3:
         raise InvalidValueError(f"input_size must be (channels, height, width), got {tuple(input_size)}")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    x = torch.randn(batch_size, *input_size, device=device, dtype=dtype)
+    x = torch.randn(batch_size, *input_size, device=device, dtype=dtype, requires_grad=dtype.is_floating_point)
     was_training = model.training
     model.eval()
     try:
         counter = FlopCounterMode(display=False)
-        with sdpa_kernel(SDPBackend.MATH), counter:
+        with sdpa_kernel(SDPBackend.MATH), torch.enable_grad(), counter:
             model(x)
     finally:
         model.train(was_training)
