@@ -60,7 +60,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   transposed-gelu candidate, not kept: small eager activations on the rows' transposed view (ATen's own
                  kernel, as on the channels-last map view, with two metadata calls instead of four)
   cpp-gate       before: eager PAT_ch's gate and concatenation as about ten PyTorch operators, not one C++ call
-                 (torch.ops.patnet.gated_concat; "gate" and "into-output" above now meet that call as B)
+                 (torch.ops.patnet.gated_concat); "gate" and "into-output" run the PyTorch form as A, so their
+                 B / A now includes this call
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped, in
                  the PyTorch form), so B / A is what the gates cost; the outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
@@ -361,7 +362,7 @@ def few_rows_candidate(rows, matrix):
 
 
 CHANGES = {
-    "gate": [(fused.FusedChannelGate, "untouched_scale", gate_before)],
+    "gate": [(cpu_kernels, "ENABLED", False), (fused.FusedChannelGate, "untouched_scale", gate_before)],
     "residual": [(fused.FusedMlp, "_on_rows", residual_before)],
     "compiled-gate": [(fused.FusedChannelGate, "_products_summed", compiled_gate_before),
                       (fused, "_summed_products", summed_products_before)],
