@@ -226,3 +226,21 @@ def test_non_finite_input_stays_non_finite_as_in_pytorch_form(kernels, monkeypat
     kernel, pytorch = _both_forms(mixer, x.contiguous(memory_format=torch.channels_last), monkeypatch)
     assert torch.equal(kernel.isnan(), pytorch.isnan())
     assert kernel[0, mixer.conv_dim:].isnan().all() and not kernel[1].isnan().any()
+
+
+def test_op_result_does_not_depend_on_the_thread_count(kernels):
+    """A map large enough to be shared between threads gives the same bits on one thread and on two."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 64, 96, 80, generator=gen).contiguous(memory_format=torch.channels_last)
+    conv = torch.randn(1, 16, 96, 80, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(128, 48, generator=gen) * 0.1, torch.randn(48, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            outputs.append(torch.ops.patnet.gated_concat(x, conv, weight, bias))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outputs[0], outputs[1])
+    assert _relative_error(_reference(x, conv, weight, bias), outputs[0]) <= 1e-6

@@ -5,6 +5,7 @@
 // (the first P channels' rows unused) and b its (C - P) bias. The eager PyTorch form spends about ten operator
 // calls on this; each costs more than the arithmetic on small maps.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -24,8 +25,8 @@ namespace {
 // What the cloned loops call is inlined into each clone, so it is compiled for that clone's instructions too.
 #define PATNET_INLINE inline __attribute__((always_inline))
 
-// Rows are summed in float in blocks of this many, each block's sums added to double accumulators: the rounding
-// stays that of a 64-term float sum.
+// Rows are summed in float in blocks of this many, the blocks' sums then added in double: the rounding stays that
+// of a 64-term float sum, and the blocks are what threads share.
 constexpr int64_t kBlockRows = 64;
 // Channels taken together: a tile's accumulators stay in vector registers (two sets, alternate rows), where
 // accumulators in memory would make every row wait for the previous row's store.
@@ -69,51 +70,81 @@ PATNET_INLINE void store_tile(c10::BFloat16* p, Floats v) {  // round to nearest
   std::memcpy(p, &halves, sizeof halves);
 }
 
-// sums[k] = sum over rows of x[r, k] for kTile channels (kCentred: of (x[r, k] - centre[k])^2).
+// out[k] = sum over rows [begin, end) of x[r, k] for kTile channels (kCentred: of (x[r, k] - centre[k])^2).
 template <bool kCentred, typename T>
-PATNET_INLINE void tile_sums(const T* x, const Map& m, const float* centre, double* sums) {
+PATNET_INLINE void tile_block_sums(const T* x, const Map& m, const float* centre, int64_t begin, int64_t end,
+                                   double* out) {
   const Floats shift = kCentred ? load_tile(centre) : Floats{};
-  for (int64_t k = 0; k < kTile; ++k) sums[k] = 0.0;
-  for (int64_t begin = 0; begin < m.rows; begin += kBlockRows) {
-    const int64_t end = std::min(begin + kBlockRows, m.rows);
-    Floats even = {}, odd = {};
-    int64_t r = begin;
-    for (; r + 1 < end; r += 2) {
-      const Floats a = load_tile(x + r * m.channels) - shift, b = load_tile(x + (r + 1) * m.channels) - shift;
-      even += kCentred ? a * a : a;
-      odd += kCentred ? b * b : b;
+  Floats even = {}, odd = {};
+  int64_t r = begin;
+  for (; r + 1 < end; r += 2) {
+    const Floats a = load_tile(x + r * m.channels) - shift, b = load_tile(x + (r + 1) * m.channels) - shift;
+    even += kCentred ? a * a : a;
+    odd += kCentred ? b * b : b;
+  }
+  if (r < end) {
+    const Floats a = load_tile(x + r * m.channels) - shift;
+    even += kCentred ? a * a : a;
+  }
+  for (int64_t k = 0; k < kTile; ++k) out[k] = static_cast<double>(even[k]) + static_cast<double>(odd[k]);
+}
+
+// partials[b * C + c] = block b's sum of x[r, c] (or of (x[r, c] - centre[c])^2) for blocks [first, last), from
+// the tile that holds channel P on; a channel past the last whole tile (a width that is not a multiple of kTile)
+// is summed alone.
+template <bool kCentred, typename T>
+PATNET_INLINE void block_sums_body(const T* x, const Map& m, const float* centre, int64_t first, int64_t last,
+                                   double* partials) {
+  for (int64_t block = first; block < last; ++block) {
+    const int64_t begin = block * kBlockRows, end = std::min(begin + kBlockRows, m.rows);
+    double* out = partials + block * m.channels;
+    int64_t c = m.passed / kTile * kTile;
+    for (; c + kTile <= m.channels; c += kTile) tile_block_sums<kCentred>(x + c, m, centre + c, begin, end, out + c);
+    for (; c < m.channels; ++c) {
+      double sum = 0.0;
+      for (int64_t r = begin; r < end; ++r) {
+        const double d = static_cast<double>(static_cast<float>(x[r * m.channels + c])) - (kCentred ? centre[c] : 0.0f);
+        sum += kCentred ? d * d : d;
+      }
+      out[c] = sum;
     }
-    if (r < end) {
-      const Floats a = load_tile(x + r * m.channels) - shift;
-      even += kCentred ? a * a : a;
-    }
-    for (int64_t k = 0; k < kTile; ++k) sums[k] += static_cast<double>(even[k]) + static_cast<double>(odd[k]);
   }
 }
 
-// One channel's sum, for channels past the last whole tile (a width that is not a multiple of kTile).
-template <bool kCentred, typename T>
-PATNET_INLINE double channel_sum(const T* x, const Map& m, float centre) {
-  double sum = 0.0;
-  for (int64_t r = 0; r < m.rows; ++r) {
-    const double d = static_cast<double>(static_cast<float>(x[r * m.channels])) - (kCentred ? centre : 0.0f);
-    sum += kCentred ? d * d : d;
-  }
-  return sum;
+PATNET_CLONES void block_sums(const float* x, const Map& m, const float* centre, bool centred, int64_t first,
+                              int64_t last, double* partials) {
+  centred ? block_sums_body<true>(x, m, centre, first, last, partials)
+          : block_sums_body<false>(x, m, centre, first, last, partials);
 }
 
-// sums[c] = sum over rows of x[r, c] or (kCentred) of (x[r, c] - centre[c])^2, from the tile that holds channel
-// P on (earlier channels' sums are left as they are).
-template <bool kCentred, typename T>
-PATNET_INLINE void column_sums(const T* x, const Map& m, const float* centre, double* sums) {
-  int64_t c = m.passed / kTile * kTile;
-  for (; c + kTile <= m.channels; c += kTile) tile_sums<kCentred>(x + c, m, centre + c, sums + c);
-  for (; c < m.channels; ++c) sums[c] = channel_sum<kCentred>(x + c, m, centre[c]);
+PATNET_CLONES void block_sums(const c10::BFloat16* x, const Map& m, const float* centre, bool centred,
+                              int64_t first, int64_t last, double* partials) {
+  centred ? block_sums_body<true>(x, m, centre, first, last, partials)
+          : block_sums_body<false>(x, m, centre, first, last, partials);
+}
+
+// Tasks of at least this many elements (ATen's own grain): small maps run on the calling thread alone.
+constexpr int64_t kGrain = 32768;
+
+// sums[c] for c in [P, C): each 64-row block summed by whichever thread takes it, then the blocks added in order,
+// so the result does not depend on the thread count.
+template <typename T>
+void column_sums(const T* x, const Map& m, const float* centre, bool centred, double* sums) {
+  const int64_t blocks = (m.rows + kBlockRows - 1) / kBlockRows;
+  std::vector<double> partials(blocks * m.channels, 0.0);
+  const int64_t grain = std::max<int64_t>(1, kGrain / (kBlockRows * m.channels));
+  at::parallel_for(0, blocks, grain, [&](int64_t first, int64_t last) {
+    block_sums(x, m, centre, centred, first, last, partials.data());
+  });
+  for (int64_t c = m.passed; c < m.channels; ++c) sums[c] = 0.0;
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (int64_t c = m.passed; c < m.channels; ++c) sums[c] += partials[block * m.channels + c];
+  }
 }
 
 // gate[o] += sum over i of moments[i] * w[i, o] for the (n, gated) rows w: one tile of outputs at a time.
 template <typename T>
-PATNET_INLINE void add_products(const float* moments, const T* w, int64_t n, int64_t gated, float* gate) {
+PATNET_INLINE void add_products_body(const float* moments, const T* w, int64_t n, int64_t gated, float* gate) {
   int64_t o = 0;
   for (; o + kTile <= gated; o += kTile) {
     Floats acc = load_tile(gate + o);
@@ -125,15 +156,24 @@ PATNET_INLINE void add_products(const float* moments, const T* w, int64_t n, int
   }
 }
 
+PATNET_CLONES void add_products(const float* moments, const float* w, int64_t n, int64_t gated, float* gate) {
+  add_products_body(moments, w, n, gated, gate);
+}
+
+PATNET_CLONES void add_products(const float* moments, const c10::BFloat16* w, int64_t n, int64_t gated,
+                                float* gate) {
+  add_products_body(moments, w, n, gated, gate);
+}
+
 // scale[P:C] = hsig([mean, std] W + b) over the gated channels (two passes over the map for the statistics).
 template <typename T>
-PATNET_INLINE void gate_scale_body(const T* x, const Map& m, const T* weight, const T* bias, float* scale) {
+void gate_scale(const T* x, const Map& m, const T* weight, const T* bias, float* scale) {
   const int64_t channels = m.channels, passed = m.passed, gated = channels - passed;
   std::vector<float> mean(channels, 0.0f), std_dev(channels, 0.0f);
   std::vector<double> sums(channels, 0.0);
-  column_sums<false>(x, m, mean.data(), sums.data());
+  column_sums(x, m, mean.data(), false, sums.data());
   for (int64_t c = passed; c < channels; ++c) mean[c] = static_cast<float>(sums[c] / m.rows);
-  column_sums<true>(x, m, mean.data(), sums.data());
+  column_sums(x, m, mean.data(), true, sums.data());
   const double bessel = m.rows > 1 ? static_cast<double>(m.rows) / static_cast<double>(m.rows - 1) : 1.0;
   for (int64_t c = passed; c < channels; ++c) std_dev[c] = static_cast<float>(std::sqrt(sums[c] / m.rows * bessel));
   float* gate = scale + passed;
@@ -141,15 +181,6 @@ PATNET_INLINE void gate_scale_body(const T* x, const Map& m, const T* weight, co
   add_products(mean.data() + passed, weight + passed * gated, gated, gated, gate);
   add_products(std_dev.data() + passed, weight + (channels + passed) * gated, gated, gated, gate);
   for (int64_t o = 0; o < gated; ++o) gate[o] = std::min(std::max(gate[o] + 3.0f, 0.0f), 6.0f) / 6.0f;
-}
-
-PATNET_CLONES void gate_scale(const float* x, const Map& m, const float* weight, const float* bias, float* scale) {
-  gate_scale_body(x, m, weight, bias, scale);
-}
-
-PATNET_CLONES void gate_scale(const c10::BFloat16* x, const Map& m, const c10::BFloat16* weight,
-                              const c10::BFloat16* bias, float* scale) {
-  gate_scale_body(x, m, weight, bias, scale);
 }
 
 // to[0:n] = from[0:n] as raw values (a bfloat16's bits as a uint16_t, which the compiler copies in vectors).
@@ -163,12 +194,14 @@ PATNET_INLINE void copy_values(const c10::BFloat16* from, int64_t n, c10::BFloat
   for (int64_t i = 0; i < n; ++i) into[i] = bits[i];
 }
 
-// out[r] = [conv[r], x_u[r] * scale]: whole-row tiles of x * scale, then conv's P values over the row's start
-// (an element loop: cpu_kernels builds with -fno-tree-loop-distribute-patterns, so no memcpy call per short row).
+// out[r] = [conv[r], x_u[r] * scale] for rows [first, last): whole-row tiles of x * scale, then conv's P values
+// over the row's start (an element loop: cpu_kernels builds with -fno-tree-loop-distribute-patterns, so no memcpy
+// call per short row).
 template <typename T>
-PATNET_INLINE void write_rows_body(const T* x, const T* conv, const float* scale, const Map& m, T* out) {
+PATNET_INLINE void write_rows_body(const T* x, const T* conv, const float* scale, const Map& m, int64_t first,
+                                   int64_t last, T* out) {
   const int64_t channels = m.channels, passed = m.passed;
-  for (int64_t r = 0; r < m.rows; ++r) {
+  for (int64_t r = first; r < last; ++r) {
     const T* in = x + r * channels;
     T* row = out + r * channels;
     int64_t c = 0;
@@ -178,13 +211,14 @@ PATNET_INLINE void write_rows_body(const T* x, const T* conv, const float* scale
   }
 }
 
-PATNET_CLONES void write_rows(const float* x, const float* conv, const float* scale, const Map& m, float* out) {
-  write_rows_body(x, conv, scale, m, out);
+PATNET_CLONES void write_rows(const float* x, const float* conv, const float* scale, const Map& m, int64_t first,
+                              int64_t last, float* out) {
+  write_rows_body(x, conv, scale, m, first, last, out);
 }
 
 PATNET_CLONES void write_rows(const c10::BFloat16* x, const c10::BFloat16* conv, const float* scale, const Map& m,
-                              c10::BFloat16* out) {
-  write_rows_body(x, conv, scale, m, out);
+                              int64_t first, int64_t last, c10::BFloat16* out) {
+  write_rows_body(x, conv, scale, m, first, last, out);
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& conv, const at::Tensor& weight, const at::Tensor& bias) {
@@ -212,8 +246,11 @@ void gated_concat_into(const at::Tensor& x, const at::Tensor& conv, const at::Te
   for (int64_t n = 0; n < x.size(0); ++n) {
     const T* sample = x.const_data_ptr<T>() + n * m.rows * m.channels;
     gate_scale(sample, m, weight.const_data_ptr<T>(), bias.const_data_ptr<T>(), scale.data());
-    write_rows(sample, conv.const_data_ptr<T>() + n * m.rows * m.passed, scale.data(), m,
-               out.mutable_data_ptr<T>() + n * m.rows * m.channels);
+    const T* mixed = conv.const_data_ptr<T>() + n * m.rows * m.passed;
+    T* into = out.mutable_data_ptr<T>() + n * m.rows * m.channels;
+    at::parallel_for(0, m.rows, std::max<int64_t>(1, kGrain / m.channels), [&](int64_t first, int64_t last) {
+      write_rows(sample, mixed, scale.data(), m, first, last, into);
+    });
   }
 }
 
