@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -19,6 +20,9 @@ import torch
 
 SOURCES = [Path(__file__).resolve().parent / "csrc" / "gated_concat.cpp"]
 CFLAGS = ["-O3", "-fno-tree-loop-distribute-patterns"]  # the second: short copy loops stay loops, not memcpy calls
+# at::parallel_for is inline OpenMP code where torch runs on OpenMP: without -fopenmp the kernel would run on one
+# thread. The library links the libgomp.so.1 torch already loaded (one thread pool, torch.set_num_threads holds).
+OPENMP = sys.platform.startswith("linux") and torch.backends.openmp.is_available()
 ENABLED = os.environ.get("PATNET_CPU_KERNELS", "1") != "0"  # docs/bench/change_ab.py toggles it for its A/B
 _lock = threading.Lock()
 _loaded: list[bool] = []  # empty until the first build attempt, then its outcome
@@ -45,8 +49,9 @@ def _build() -> bool:
         return _unavailable(f"{' and '.join(missing)} not found on PATH")
     try:
         cpp_extension = _quiet_import()
-        cpp_extension.load(name="patnet_cpu_kernels", sources=[str(path) for path in SOURCES], extra_cflags=CFLAGS,
-                           is_python_module=False, verbose=False)
+        openmp = ["-fopenmp"] if OPENMP else []
+        cpp_extension.load(name="patnet_cpu_kernels", sources=[str(path) for path in SOURCES],
+                           extra_cflags=CFLAGS + openmp, extra_ldflags=openmp, is_python_module=False, verbose=False)
     except Exception as exc:  # a failed build or load: the PyTorch form still runs
         return _unavailable(_first_cause(str(exc)) or type(exc).__name__)
     return hasattr(torch.ops.patnet, "gated_concat")
