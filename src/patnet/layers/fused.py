@@ -201,7 +201,7 @@ class FusedPartialChannelAttn(_PartialMixer):
     compiled bf16 patnet_t0 0.94 of before with one-pass statistics (:func:`compiled_mean_std`). Eager CPU
     inference makes that one C++ call (:mod:`~patnet.layers.cpu_kernels`) instead of about ten operators: on an
     AMD EPYC Zen 5, one process, one / two threads, 0.91 / 0.87 of before for the 64 px model in fp32, patnet_t0
-    0.94 / 0.91, patnet_t2 0.96 / 0.95, bf16 0.84-0.93 (docs/bench/change-ab.md, ``cpp-gate``).
+    0.94 / 0.91, patnet_t2 0.96 / 0.94, bf16 0.84-0.93 (docs/bench/change-ab.md, ``cpp-gate``).
     """
 
     def __init__(self, conv: nn.Conv2d, gate: FusedChannelGate, untouched_dim: int):
