@@ -1,6 +1,8 @@
 """Shared test utilities."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -32,3 +34,21 @@ def fixed_input(*shape: int) -> torch.Tensor:
     for s in shape:
         numel *= s
     return torch.sin(torch.arange(numel, dtype=torch.float32) * 0.37).reshape(shape)
+
+
+def relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    """``max |expected - actual| / max |expected|``, computed in fp32."""
+    expected, actual = expected.float(), actual.float()
+    return ((expected - actual).abs().max() / expected.abs().max()).item()
+
+
+def pat_block_pair(mixer: str, spatial_attn: bool, dim: int = 48, seed: int = 0):
+    """A PATNet block with random inference state (eval mode) and its reparameterized (deploy) copy."""
+    from patnet.models.patnet import PatBlock
+
+    torch.manual_seed(seed)
+    block = PatBlock(dim, mixer, spatial_attn=spatial_attn, num_heads=4, act_layer=nn.GELU)
+    block = randomize_inference_state(block, seed=seed).eval()
+    fused = copy.deepcopy(block)
+    fused.reparameterize()
+    return block, fused

@@ -7,20 +7,15 @@ import shutil
 import pytest
 import timm
 import torch
-from helpers import randomize_inference_state
+from helpers import pat_block_pair, randomize_inference_state, relative_error
 
 import patnet  # noqa: F401
 import patnet.layers.fused as fused_layers
 from patnet.deploy import deploy
 from patnet.layers import PartialChannelAttn, cpu_kernels
-from patnet.models.patnet import PatBlock
 
 HAS_NINJA = shutil.which("ninja") is not None or importlib.util.find_spec("ninja") is not None
 BUILDABLE = HAS_NINJA and (shutil.which("c++") or shutil.which("g++")) is not None
-
-
-def _relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
-    return ((expected.float() - actual.float()).abs().max() / expected.float().abs().max()).item()
 
 
 @pytest.fixture
@@ -31,11 +26,9 @@ def kernels():
     assert cpu_kernels.available(), "the C++ CPU kernels failed to build on a machine with a compiler and ninja"
 
 
-def _mixer(seed: int = 0, dim: int = 48):
-    torch.manual_seed(seed)
-    block = randomize_inference_state(PatBlock(dim, "pat_ch", num_heads=4), seed=seed).eval()
-    block.reparameterize()
-    return block.spatial_mixing
+def _mixer(seed: int = 0):
+    """A deployed PAT_ch mixer with random inference state."""
+    return pat_block_pair("pat_ch", False, seed=seed)[1].spatial_mixing
 
 
 def _taken(monkeypatch) -> list:
@@ -68,7 +61,7 @@ def test_gated_concat_equals_pytorch_form(kernels, monkeypatch, size, batch):
     kernel, pytorch = _both_forms(mixer, x, monkeypatch)
     assert taken == [tuple(x.shape)]
     assert kernel.is_contiguous(memory_format=torch.channels_last) and kernel.shape == x.shape
-    assert _relative_error(pytorch, kernel) <= 1e-6
+    assert relative_error(pytorch, kernel) <= 1e-6
     assert torch.equal(kernel[:, :mixer.conv_dim], pytorch[:, :mixer.conv_dim])
 
 
@@ -80,7 +73,7 @@ def test_gated_concat_in_bfloat16_is_as_close_as_pytorch_form(kernels, monkeypat
         reference = mixer(x)
     kernel, pytorch = _both_forms(copy.deepcopy(mixer).to(torch.bfloat16), x.to(torch.bfloat16), monkeypatch)
     assert kernel.dtype == torch.bfloat16
-    assert _relative_error(reference, kernel) <= max(2 * _relative_error(reference, pytorch), 1e-2)
+    assert relative_error(reference, kernel) <= max(2 * relative_error(reference, pytorch), 1e-2)
 
 
 @pytest.mark.parametrize("name, size, chans", [("patnet_t0", 64, 1), ("patnet_t0", 224, 3), ("patnet_t1", 93, 3)])
@@ -89,7 +82,7 @@ def test_deploy_form_with_kernel_equals_training_form(kernels, monkeypatch, name
     x = torch.randn(1, chans, size, size + 3, generator=torch.Generator().manual_seed(size))
     taken = _taken(monkeypatch)
     with torch.no_grad():
-        assert _relative_error(model(x), deploy(model)(x)) <= 1e-5
+        assert relative_error(model(x), deploy(model)(x)) <= 1e-5
     assert len(taken) == sum(isinstance(module, PartialChannelAttn) for module in model.modules())
 
 
@@ -214,7 +207,7 @@ def test_op_equals_float64_reference_for_any_width(kernels, channels, passed, si
     assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out[:, :passed], conv)
     tolerance = 1e-6 if dtype == torch.float32 else 2 ** -8  # bfloat16: its own rounding of the product
-    assert _relative_error(expected, out) <= tolerance
+    assert relative_error(expected, out) <= tolerance
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -243,4 +236,4 @@ def test_op_result_does_not_depend_on_the_thread_count(kernels):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(outputs[0], outputs[1])
-    assert _relative_error(_reference(x, conv, weight, bias), outputs[0]) <= 1e-6
+    assert relative_error(_reference(x, conv, weight, bias), outputs[0]) <= 1e-6

@@ -2,7 +2,7 @@
 import pytest
 import timm
 import torch
-from helpers import randomize_inference_state
+from helpers import randomize_inference_state, relative_error
 from timm.utils import reparameterize_model
 
 import patnet  # noqa: F401
@@ -10,10 +10,6 @@ from patnet.deploy import deploy
 from patnet.export import script
 
 SIZES = [(64, 64), (96, 72), (97, 131)]
-
-
-def _relative_error(a, b):
-    return ((a - b).abs().max() / a.abs().max()).item()
 
 
 @pytest.mark.parametrize("name", timm.list_models(module="patnet"))
@@ -25,7 +21,7 @@ def test_deploy_equals_eval_form(name):
     for height, width in SIZES:
         x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height))
         with torch.no_grad():
-            assert _relative_error(model(x), folded(x)) <= 1e-5
+            assert relative_error(model(x), folded(x)) <= 1e-5
 
 
 def test_deploy_keeps_original_and_is_idempotent():
@@ -39,7 +35,7 @@ def test_deploy_keeps_original_and_is_idempotent():
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(twice(x), folded(x), rtol=0, atol=0)
-        assert _relative_error(model(x), folded(x)) <= 1e-5
+        assert relative_error(model(x), folded(x)) <= 1e-5
 
 
 def test_deploy_of_train_mode_model_uses_running_stats():
@@ -48,7 +44,7 @@ def test_deploy_of_train_mode_model_uses_running_stats():
     assert model.training and not folded.training
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert _relative_error(model.eval()(x), folded(x)) <= 1e-5
+        assert relative_error(model.eval()(x), folded(x)) <= 1e-5
 
 
 def test_timm_reparameterize_model_uses_our_hooks():
@@ -56,7 +52,7 @@ def test_timm_reparameterize_model_uses_our_hooks():
     folded = reparameterize_model(model)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert _relative_error(model(x), folded(x)) <= 1e-5
+        assert relative_error(model(x), folded(x)) <= 1e-5
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) == 0
 
 
@@ -67,7 +63,7 @@ def test_fasternet_folding_is_exact(name):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(2, 3, 96, 80, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert _relative_error(model(x), folded(x)) <= 1e-5
+        assert relative_error(model(x), folded(x)) <= 1e-5
 
 
 def test_scripted_deploy_form():
@@ -76,7 +72,7 @@ def test_scripted_deploy_form():
     scripted = script(folded)
     x = torch.randn(1, 3, 80, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert _relative_error(model(x), scripted(x)) <= 1e-5
+        assert relative_error(model(x), scripted(x)) <= 1e-5
 
 
 def test_deploy_rejects_non_modules():
@@ -101,4 +97,4 @@ def test_untraceable_models_fold_their_sequential_conv_bn_pairs():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert _relative_error(model(x), folded(x)) <= 1e-5
+        assert relative_error(model(x), folded(x)) <= 1e-5

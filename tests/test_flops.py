@@ -1,9 +1,12 @@
 """MAC counter exactness against hand-computed counts (measurement.md: FlopCounterMode / 2, math attention)."""
 import pytest
+import timm
 import torch
 from timm.layers import Attention
 from torch import nn
 
+import patnet  # noqa: F401
+from patnet.deploy import deploy
 from patnet.flops import achieved_gflops, count_macs, count_params
 
 
@@ -72,11 +75,6 @@ def test_count_macs_keeps_training_mode():
 def test_deployed_patnet_counts_its_training_forms_macs(dtype):
     """The deploy form's inference-only kernels (oneDNN's prepacked products: bf16 everywhere, fp32 on AMD; the
     C++ gate) are invisible to FlopCounterMode; counting runs the differentiable operators instead."""
-    import timm
-
-    import patnet  # noqa: F401
-    from patnet.deploy import deploy
-
     model = timm.create_model("patnet_t0", num_classes=10).eval()
     trained = count_macs(model)  # at 224 px, where the products are large enough for oneDNN
     deployed = count_macs(deploy(model).to(dtype))

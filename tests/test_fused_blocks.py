@@ -1,20 +1,18 @@
 """Every fused (deployment-form) block equals its training form in eval mode, in each of its formulations,
 with random BN statistics, at the map sizes of a 224 and a 64 input and at non-square sizes."""
-import copy
 import math
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from helpers import randomize_inference_state
+from helpers import pat_block_pair, randomize_inference_state, relative_error
 
 import patnet  # noqa: F401
 import patnet.layers.fused as fused_layers
 from patnet.deploy import deploy
 from patnet.layers.fused import FusedMlp, FusedPartialSelfAttn
 from patnet.layers.stats import compiled_mean_std, mean_biased_std, spatial_mean_std, stacked_mean_std
-from patnet.models.patnet import PatBlock
 
 MAPS = {  # mixer -> map sizes: the stage's map at a 224 input, at a 64 input, non-square
     "pconv": [(56, 56), (16, 16), (13, 9)],
@@ -24,27 +22,14 @@ MAPS = {  # mixer -> map sizes: the stage's map at a 224 input, at a 64 input, n
 CASES = [(mixer, spatial, size) for mixer in MAPS for spatial in (False, True) for size in MAPS[mixer]]
 
 
-def _relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
-    return ((expected - actual).abs().max() / expected.abs().max()).item()
-
-
-def _block_pair(mixer: str, spatial_attn: bool, dim: int = 48, seed: int = 0):
-    torch.manual_seed(seed)
-    block = PatBlock(dim, mixer, spatial_attn=spatial_attn, num_heads=4, act_layer=torch.nn.GELU)
-    block = randomize_inference_state(block, seed=seed).eval()
-    fused = copy.deepcopy(block)
-    fused.reparameterize()
-    return block, fused
-
-
 @pytest.mark.parametrize("mixer, spatial_attn, size", CASES)
 def test_fused_block_equals_training_form(mixer, spatial_attn, size):
-    block, fused = _block_pair(mixer, spatial_attn)
+    block, fused = pat_block_pair(mixer, spatial_attn)
     x = torch.randn(2, 48, *size, generator=torch.Generator().manual_seed(size[0])) * 2 + 0.5
     with torch.no_grad():
         expected = block(x)
-        assert _relative_error(expected, fused(x)) <= 1e-5
-        assert _relative_error(expected, fused(x.contiguous(memory_format=torch.channels_last))) <= 1e-5
+        assert relative_error(expected, fused(x)) <= 1e-5
+        assert relative_error(expected, fused(x.contiguous(memory_format=torch.channels_last))) <= 1e-5
 
 
 @pytest.mark.parametrize("size", MAPS["pat_ch"])
@@ -53,26 +38,26 @@ def test_channel_attention_graph_forms_equal_training_form(monkeypatch, size, gr
     """The exported graph gates the whole map before the split, compiled graphs take one-pass statistics:
     each block equals the training form (run eagerly here, as the tracer would see it; the fused mixer alone
     lacks the post-gate BN, which the MLP holds)."""
-    block, fused = _block_pair("pat_ch", False, seed=2)
+    block, fused = pat_block_pair("pat_ch", False, seed=2)
     x = torch.randn(1, 48, *size, generator=torch.Generator().manual_seed(3)) * 2 + 0.5
     monkeypatch.setattr(fused_layers, "_exporting" if graph == "export" else "_compiling", lambda: True)
     with torch.no_grad():
-        assert _relative_error(block(x), fused(x)) <= 1e-5
+        assert relative_error(block(x), fused(x)) <= 1e-5
 
 
 @pytest.mark.parametrize("size", MAPS["pat_sf"])
 def test_self_attention_export_form_equals_token_form(size):
-    _, fused = _block_pair("pat_sf", False, seed=1)
+    _, fused = pat_block_pair("pat_sf", False, seed=1)
     attention = fused.spatial_mixing
     assert isinstance(attention, FusedPartialSelfAttn)
     untouched = torch.randn(3, attention.untouched_dim, *size, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         tokens = attention._attend_tokens(untouched)
-        assert _relative_error(tokens, attention._attend_channels_first(untouched)) <= 1e-5
+        assert relative_error(tokens, attention._attend_channels_first(untouched)) <= 1e-5
 
 
 def test_channel_gate_passes_convolved_channels_exactly():
-    _, fused = _block_pair("pat_ch", False, seed=2)
+    _, fused = pat_block_pair("pat_ch", False, seed=2)
     gate = fused.spatial_mixing.gate
     x = torch.randn(2, 48, 9, 11) * 100
     scale = gate(x)
@@ -83,7 +68,7 @@ def test_channel_gate_passes_convolved_channels_exactly():
 def test_channel_gate_compiled_form_equals_matrix_product():
     """The compiled form's multiply-and-sum over the gated channels' statistics equals the exported form's
     whole matrix product on those channels; the whole product keeps the passed channels' scale exactly 1."""
-    _, fused = _block_pair("pat_ch", False, seed=3)
+    _, fused = pat_block_pair("pat_ch", False, seed=3)
     gate = fused.spatial_mixing.gate
     channels, passed = 48, gate.passed
     stats = torch.randn(2, 2 * channels, generator=torch.Generator().manual_seed(3)) * 10
@@ -93,13 +78,13 @@ def test_channel_gate_compiled_form_equals_matrix_product():
         product = torch.addmm(bias, stats, weight)
         summed = gate._products_summed(untouched_stats)
     assert passed == 12 and summed.shape == (2, channels - passed)
-    assert _relative_error(product[:, passed:], summed) <= 1e-5
+    assert relative_error(product[:, passed:], summed) <= 1e-5
     assert torch.equal(F.hardsigmoid(product[:, :passed]), torch.ones(2, passed))  # passed channels stay exact
 
 
 def test_channel_gate_compiled_form_sums_bf16_weights_in_fp32():
     """A bf16 gate's multiply-and-sum promotes its bf16 weights inside the product: fp32 sums of the bf16 values."""
-    _, fused = _block_pair("pat_ch", False, seed=4)
+    _, fused = pat_block_pair("pat_ch", False, seed=4)
     gate = fused.spatial_mixing.gate.to(torch.bfloat16)
     channels, passed = 48, gate.passed
     stats = torch.randn(2, 2 * (channels - passed), generator=torch.Generator().manual_seed(4))
@@ -107,14 +92,14 @@ def test_channel_gate_compiled_form_sums_bf16_weights_in_fp32():
     with torch.no_grad():
         summed = gate._products_summed(stats)
     assert summed.dtype == torch.float32
-    assert _relative_error(torch.addmm(gate.bias.float(), stats, weight), summed) <= 1e-5
+    assert relative_error(torch.addmm(gate.bias.float(), stats, weight), summed) <= 1e-5
 
 
 @pytest.mark.parametrize("size", [(9, 11), (2, 2), (1, 1)])
 @pytest.mark.parametrize("graph", ["eager", "compile"])
 def test_channel_gate_untouched_scale_is_the_whole_scale_on_gated_channels(graph, size, monkeypatch):
     """The exported form (biased std, ``sqrt(n / (n - 1))`` in the weight) equals PyTorch's, single values too."""
-    _, fused = _block_pair("pat_ch", False, seed=5)
+    _, fused = pat_block_pair("pat_ch", False, seed=5)
     gate = fused.spatial_mixing.gate
     x = torch.randn(1, 48, *size, generator=torch.Generator().manual_seed(5)).contiguous(
         memory_format=torch.channels_last)
@@ -124,18 +109,18 @@ def test_channel_gate_untouched_scale_is_the_whole_scale_on_gated_channels(graph
             monkeypatch.setattr(fused_layers, "_compiling", lambda: True)
         part = gate.untouched_scale(x)
     assert part.shape == (1, 48 - gate.passed, 1, 1)
-    assert _relative_error(whole[:, gate.passed:], part) <= 1e-5
+    assert relative_error(whole[:, gate.passed:], part) <= 1e-5
 
 
 def test_spatial_gate_compiled_form_equals_conv():
-    _, fused = _block_pair("pat_ch", True, seed=4)
+    _, fused = pat_block_pair("pat_ch", True, seed=4)
     gate = fused.mlp.spatial_gate
     x = torch.randn(2, 48, 9, 11, generator=torch.Generator().manual_seed(4)) * 10
     with torch.no_grad():
         convolved = F.conv2d(x, gate.gate_weight)
         summed = gate._products_summed(x)
     assert summed.shape == convolved.shape == (2, 1, 9, 11)
-    assert _relative_error(convolved, summed) <= 1e-5
+    assert relative_error(convolved, summed) <= 1e-5
 
 
 @pytest.mark.parametrize("summed", [False, True])
@@ -193,13 +178,13 @@ def test_deploy_form_equals_training_form_at_224(name):
     model = randomize_inference_state(timm.create_model(name, num_classes=10), seed=5).eval()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(224))
     with torch.no_grad():
-        assert _relative_error(model(x), deploy(model)(x)) <= 1e-5
+        assert relative_error(model(x), deploy(model)(x)) <= 1e-5
 
 
 @pytest.mark.parametrize("spatial_attn", [False, True])
 @pytest.mark.parametrize("residual_layout", [None, "channels_last", "nchw"])
 def test_mlp_rows_columns_and_convs_agree(spatial_attn, residual_layout):
-    _, fused = _block_pair("pat_ch", spatial_attn, seed=4)
+    _, fused = pat_block_pair("pat_ch", spatial_attn, seed=4)
     mlp = fused.mlp
     x = torch.randn(2, 48, 11, 7).contiguous(memory_format=torch.channels_last)
     residual = None if residual_layout is None else 3 * torch.randn(2, 48, 11, 7)
@@ -208,27 +193,27 @@ def test_mlp_rows_columns_and_convs_agree(spatial_attn, residual_layout):
     with torch.no_grad():
         expected = mlp.spatial_gate(mlp._as_convs(x, None))
         expected = expected if residual is None else residual + expected
-        assert _relative_error(expected, mlp(x, residual)) <= 1e-5
+        assert relative_error(expected, mlp(x, residual)) <= 1e-5
         if not mlp.spatially_gated:
-            assert _relative_error(expected, mlp._on_rows(x, residual)) <= 1e-5
-            assert _relative_error(expected, mlp._on_columns(x.contiguous(), residual)) <= 1e-5
-            assert _relative_error(expected, mlp._as_convs(x, residual)) <= 1e-5
+            assert relative_error(expected, mlp._on_rows(x, residual)) <= 1e-5
+            assert relative_error(expected, mlp._on_columns(x.contiguous(), residual)) <= 1e-5
+            assert relative_error(expected, mlp._as_convs(x, residual)) <= 1e-5
 
 
 @pytest.mark.parametrize("small_activation", [0, 10**9])
 def test_mlp_activation_on_map_view_equals_activation_on_rows(monkeypatch, small_activation):
     monkeypatch.setattr(FusedMlp, "small_activation", small_activation)
-    _, fused = _block_pair("pat_ch", False, seed=5)
+    _, fused = pat_block_pair("pat_ch", False, seed=5)
     hidden = torch.randn(2 * 5 * 3, 96)
     activated = fused.mlp._activated(hidden, 2, 5, 3)
     assert activated.shape == hidden.shape and activated.is_contiguous()
-    assert _relative_error(F.gelu(hidden), activated) <= 1e-6
+    assert relative_error(F.gelu(hidden), activated) <= 1e-6
 
 
 @pytest.mark.parametrize("dtype, min_macs, convs", [(torch.float32, 0, True), (torch.float32, 10**9, False),
                                                      (torch.bfloat16, 0, False)])
 def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, min_macs, convs):
-    _, fused = _block_pair("pat_sf", True, seed=5)
+    _, fused = pat_block_pair("pat_sf", True, seed=5)
     fused = fused.to(dtype)
     x = torch.randn(1, 48, 7, 5, generator=torch.Generator().manual_seed(5)).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -246,7 +231,7 @@ def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, mi
         monkeypatch.setattr(fused_layers, "_compiling", lambda: True)
         actual = fused(x).float()
     assert taken == (["_attend_channels_first", "_as_convs"] if convs else ["_attend_tokens", "_on_rows"])
-    assert _relative_error(expected, actual) <= (1e-5 if dtype == torch.float32 else 2e-2)
+    assert relative_error(expected, actual) <= (1e-5 if dtype == torch.float32 else 2e-2)
 
 
 class _MapOnCuda:
