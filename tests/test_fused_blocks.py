@@ -257,3 +257,36 @@ def _recording(method, taken: list, name: str):
         taken.append(name)
         return method(self, *args)
     return wrapper
+
+
+def _counting(monkeypatch, name: str) -> list:
+    """Record the input shape of every call of ``patnet.layers.fused``'s rule ``name``."""
+    asked, rule = [], getattr(fused_layers, name)
+
+    def counted(x, *args):
+        asked.append(tuple(x.shape))
+        return rule(x, *args)
+    monkeypatch.setattr(fused_layers, name, counted)
+    return asked
+
+
+def test_eager_inference_asks_path_rules_once_per_input_kind(monkeypatch):
+    """The deployed blocks remember their rules' answers per input shape, strides, dtype and device in eager
+    inference; with gradients on they ask every call; ``.to()`` and state-dict loads make them ask again."""
+    _, fused = pat_block_pair("pat_ch", False, seed=3)
+    conv_asked, product_asked = _counting(monkeypatch, "takes_onednn_conv"), _counting(monkeypatch, "takes_onednn")
+    x = torch.randn(1, 48, 14, 14, generator=torch.Generator().manual_seed(3)).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        outputs = [fused(x), fused(x), fused(x[:, :, :7, :7].contiguous(memory_format=torch.channels_last)), fused(x)]
+    assert conv_asked == [(1, 12, 14, 14), (1, 12, 7, 7)] and product_asked == [(196, 48), (49, 48)]
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[3])
+    fused(x), fused(x)
+    assert len(conv_asked) == 4 and len(product_asked) == 4
+    changes = (lambda: fused.to(memory_format=torch.channels_last), lambda: fused.load_state_dict(fused.state_dict()))
+    for change in changes:
+        change()
+        with torch.no_grad():
+            fused(x)
+        assert len(conv_asked) == len(product_asked)
+    assert len(conv_asked) == 6

@@ -59,9 +59,14 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  the model's dtype (bf16 logits under bf16) instead of fused SDPA
   transposed-gelu candidate, not kept: small eager activations on the rows' transposed view (ATen's own
                  kernel, as on the channels-last map view, with two metadata calls instead of four)
+  ln-stats       candidate, not kept: the exported gate's mean and std as one ONNX LayerNormalization's optional
+                 Mean and InvStdDev outputs (epsilon 0) and a Reciprocal, 8 nodes a gate for 10
   cpp-gate       before: eager PAT_ch's gate and concatenation as about ten PyTorch operators, not one C++ call
                  (torch.ops.patnet.gated_concat); "gate" and "into-output" run the PyTorch form as A, so their
                  B / A now includes this call
+  choices        before: eager inference asks every path rule (C++ call, oneDNN or ATen, convs or rows) on every
+                 call instead of remembering its answers per input signature (fused._RemembersChoices); A runs
+                 fused.py's methods from commit 019c0c2 (CODE_BEFORE)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped, in
                  the PyTorch form), so B / A is what the gates cost; the outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
@@ -73,7 +78,9 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
     .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...} [CALLS]
 """
 import math
+import subprocess
 import sys
+import types
 
 import timm
 import torch
@@ -81,6 +88,7 @@ import torch.nn.functional as F
 
 import patnet  # noqa: F401
 from patnet.bench.timing import summarise, time_alternating
+from patnet.deploy import deploy
 from patnet.layers import cpu_kernels, fused, onednn
 from patnet.layers import stats as stats_module
 from patnet.layers.stats import spatial_mean_std, stacked_mean_std
@@ -233,6 +241,32 @@ def weight_first_candidate(self, x):
     weight, bias, stats = gate_moments(self, x)
     stats = stats.flatten(2)
     return F.hardsigmoid(torch.matmul(weight.t(), stats) + bias[:, None]).unsqueeze(-1)
+
+
+class LayerNormMoments(torch.autograd.Function):
+    """A map's ``(B, C, 1, 1)`` mean and biased std over H and W; exported as one LayerNormalization over axes 2-3
+    (its optional Mean and InvStdDev outputs, epsilon 0) and a Reciprocal."""
+
+    @staticmethod
+    def forward(ctx, x):
+        mean, variance = stats_module._mean_variance(x)
+        return mean, variance.sqrt()
+
+    @staticmethod
+    def symbolic(g, x):
+        height, width = x.type().sizes()[2:]
+        ones = g.op("Constant", value_t=torch.ones(height, width))
+        _, mean, inverse_std = g.op("LayerNormalization", x, ones, axis_i=2, epsilon_f=0.0, outputs=3)
+        return mean, g.op("Reciprocal", inverse_std)
+
+
+def ln_stats_candidate(self, x):
+    if not fused._exporting():
+        return SHIPPED_CHANNEL_GATE(self, x)
+    count = x.shape[2] * x.shape[3]
+    weight, bias = self.whole(math.sqrt(stats_module.bessel_factor(count)))
+    stats = torch.cat(LayerNormMoments.apply(x), dim=1).flatten(1)
+    return fused._gate_scale(stats, weight, bias).reshape(-1, weight.shape[1], 1, 1)
 
 
 def into_output_candidate(self, x):
@@ -397,11 +431,32 @@ CHANGES = {
     "no-autotune": [(runtime_runner, "_compile_settings", no_autotune_candidate)],
     "unpacked-convs": [(fused._PartialMixer, "partial_conv", lambda self, convolved: self.conv(convolved))],
     "few-rows": [(fused, "takes_onednn", few_rows_candidate)],
+    "ln-stats": [(fused.FusedChannelGate, "forward", ln_stats_candidate)],
     "gate-conv": [(fused.FusedChannelGate, "forward", gate_conv_candidate)],
     "bmm-attn": [(fused.FusedPartialSelfAttn, "_attend_tokens",
                   lambda self, untouched: attention_on_tokens(self, untouched, bmm_heads))],
     "transposed-gelu": [(fused.FusedMlp, "_activated", transposed_gelu_candidate)],
 }
+
+
+CODE_BEFORE = {  # A runs the deployed blocks' methods as fused.py had them at this commit (same attributes)
+    "choices": "019c0c2",
+}
+
+
+def fused_blocks_at(commit: str, model):
+    """``model``'s deploy form whose fused blocks run the methods of ``src/patnet/layers/fused.py`` at ``commit``
+    (its classes swapped in; their attributes are the same)."""
+    source = subprocess.run(["git", "show", f"{commit}:src/patnet/layers/fused.py"], check=True,
+                            capture_output=True, text=True).stdout
+    before = types.ModuleType(f"{fused.__name__}_at_{commit}")
+    before.__package__ = fused.__package__
+    exec(compile(source, f"fused.py@{commit}", "exec"), before.__dict__)
+    deployed = deploy(model)
+    for module in deployed.modules():
+        if type(module).__module__ == fused.__name__:
+            module.__class__ = getattr(before, type(module).__name__)
+    return deployed
 
 
 OTHER_MODELS = {  # A is another model; no patches
@@ -430,12 +485,14 @@ def main() -> None:
     calls = int(sys.argv[6]) if len(sys.argv) > 6 else 400
     torch.set_num_threads(threads)
     size, chans, classes, name = (64, 1, 10, "patnet_t0") if case == "64" else (224, 3, 1000, case)
-    if change not in CHANGES and change not in OTHER_MODELS:
-        sys.exit(f"unknown change {change!r}; choose one of {sorted([*CHANGES, *OTHER_MODELS])}")
+    if change not in CHANGES and change not in OTHER_MODELS and change not in CODE_BEFORE:
+        sys.exit(f"unknown change {change!r}; choose one of {sorted([*CHANGES, *OTHER_MODELS, *CODE_BEFORE])}")
     model = timm.create_model(name, num_classes=classes, in_chans=chans).eval()
     built = {"A": model, "B": model}
     if change in OTHER_MODELS:
         built["A"] = timm.create_model(name, num_classes=classes, in_chans=chans, **OTHER_MODELS[change]).eval()
+    if change in CODE_BEFORE:
+        built["A"] = fused_blocks_at(CODE_BEFORE[change], model)
     partner = timm.create_model(baseline_partner(name), num_classes=classes, in_chans=chans).eval()
     x = torch.randn(1, chans, size, size)
     codes = {"A": CHANGES.get(change, []), "B": []}

@@ -9,7 +9,7 @@ into ``qkv``. PAT_sp's post-gate BN, the LayerNorm's normalisation and the softm
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Hashable, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import cpu_kernels
 from .onednn import FP32_TAKES_ONEDNN, MIN_MACS, PackedConv, PackedMatrix, post_op, takes_onednn, takes_onednn_conv
-from .rel_pos import remember
+from .rel_pos import SHAPES_KEPT, remember
 from .stats import bessel_factor, compiled_mean_std, mean_biased_std, stacked_mean_std
 
 
@@ -26,6 +26,52 @@ def _compiling() -> bool:
     if torch.jit.is_scripting():
         return False
     return torch.compiler.is_compiling()
+
+
+def _asks_every_call() -> bool:
+    """Whether the deployed blocks must ask their path rules afresh (:class:`_RemembersChoices`): anything but
+    plain eager inference, i.e. gradients on, a graph being compiled or traced (exports too), autocast on.
+    Compilation is asked before tracing, whose query would break a dynamo graph. Not for TorchScript."""
+    return (torch.is_grad_enabled() or _compiling() or torch._C._is_tracing()
+            or torch._C._is_any_autocast_enabled())
+
+
+Choice = TypeVar("Choice")
+
+
+class _RemembersChoices(nn.Module):
+    """A deployed module that remembers, per input signature, which path each of its steps takes in eager
+    inference: every rule below (the C++ call, oneDNN or ATen, rows or convs) reads only the input's shape,
+    strides, dtype and device, the global modes :func:`_asks_every_call` pins, and the module's own weights,
+    whose dtypes and devices change only through ``_apply`` (``.to()``, ``.half()``, ...) or a state-dict load,
+    which empty the memory. Asking the rules cost 1-3 us each (module attribute lookups, mode queries), 5-10 us
+    a block; a remembered choice costs about 1 us. One process on an AMD EPYC Zen 5 against asking every call
+    (docs/bench/change-ab.md, ``choices``), eager, one / two threads: the 64 px model 0.95 / 0.96 of its time in
+    fp32, 0.96 / 0.95 in bf16; patnet_t0 at 224 px 0.96 / 0.96; patnet_t2 0.985 (two threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._choices: Dict[Hashable, object] = {}
+
+    def _apply(self, fn, recurse=True):
+        self._choices.clear()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._choices.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    @torch.jit.unused
+    def _chosen(self, step: Hashable, x: Tensor, rule: Callable[[], Choice]) -> Choice:
+        """``rule()``, the choice for ``step`` on input ``x``; in eager inference, remembered for inputs like
+        ``x`` (the most recent shapes, :data:`~patnet.layers.rel_pos.SHAPES_KEPT` for up to four steps)."""
+        if _asks_every_call():
+            return rule()
+        key = (step, x.shape, x.stride(), x.dtype, x.is_cpu, x.is_cuda)  # the rules tell devices apart by these
+        choice = self._choices.get(key)
+        if choice is None:
+            choice = remember(self._choices, key, rule(), limit=4 * SHAPES_KEPT)
+        return choice
 
 
 def _convs_when_compiled(x: Tensor, matrix: Tensor) -> bool:
@@ -166,12 +212,12 @@ class FusedChannelGate(nn.Module):
         return torch.cat((self.weight[self.passed:channels], self.weight[channels + self.passed:]), dim=0)
 
 
-class _PartialMixer(nn.Module):
+class _PartialMixer(_RemembersChoices):
     """What the deployed partial mixers share: the split widths and the 3x3 conv on the first ``conv_dim``
     channels, which eager inference runs in oneDNN with a packed weight where
     :func:`~patnet.layers.onednn.takes_onednn_conv` says so."""
 
-    __jit_ignored_attributes__ = ["_conv_packed"]
+    __jit_ignored_attributes__ = ["_conv_packed", "_choices"]
 
     def __init__(self, conv: nn.Conv2d, untouched_dim: int):
         super().__init__()
@@ -179,12 +225,17 @@ class _PartialMixer(nn.Module):
         self.conv = conv
         self._conv_packed = PackedConv()
 
-    def partial_conv(self, convolved: Tensor) -> Tensor:
-        """``conv(convolved)``, in oneDNN with the packed weight where the rule says so."""
+    def partial_conv(self, convolved: Tensor, in_onednn: Optional[bool] = None) -> Tensor:
+        """``conv(convolved)``, in oneDNN with the packed weight where the rule says so (``in_onednn``: the
+        caller has asked it)."""
         if not torch.jit.is_scripting():
-            if takes_onednn_conv(convolved, self.conv):
+            if self._conv_in_onednn(convolved) if in_onednn is None else in_onednn:
                 return self._packed_conv(convolved)
         return self.conv(convolved)
+
+    @torch.jit.unused
+    def _conv_in_onednn(self, convolved: Tensor) -> bool:
+        return self._chosen("conv", convolved, lambda: takes_onednn_conv(convolved, self.conv))
 
     @torch.jit.unused
     def _packed_conv(self, convolved: Tensor) -> Tensor:
@@ -211,29 +262,39 @@ class FusedPartialChannelAttn(_PartialMixer):
     def forward(self, x: Tensor) -> Tensor:
         sizes = [self.conv_dim, self.untouched_dim]
         if _exporting():
-            convolved, untouched = torch.split(x * self.gate(x), sizes, dim=1)
+            convolved, untouched = (x * self.gate(x)).split_with_sizes(sizes, 1)
             return torch.cat((self.conv(convolved), untouched), dim=1)
-        convolved, untouched = torch.split(x, sizes, dim=1)
-        mixed = self.partial_conv(convolved)
+        convolved, untouched = x.split_with_sizes(sizes, 1)  # 1.2 us; torch.split 2.9
         if not torch.jit.is_scripting():
-            if self._takes_kernel(x, mixed):
+            conv_in_onednn, kernel_fits = self._plan(x)
+            mixed = self.partial_conv(convolved, conv_in_onednn)
+            if kernel_fits and cpu_kernels.available():
                 return self._gated_concat(x, mixed)
+        else:
+            mixed = self.conv(convolved)
         return torch.cat((mixed, untouched * self.gate.untouched_scale(x)), dim=1)
 
     @torch.jit.unused
-    def _takes_kernel(self, x: Tensor, mixed: Tensor) -> bool:
-        """Whether this call runs the gate and concatenation as one C++ call
+    def _plan(self, x: Tensor) -> Tuple[bool, bool]:
+        """Whether the 3x3 conv runs in oneDNN, and whether the gate and concatenation fit the C++ call, for
+        input ``x`` (remembered, :class:`_RemembersChoices`); whether the kernels are on is asked every call."""
+        return self._chosen("plan", x, lambda: (takes_onednn_conv(x[:, :self.conv_dim], self.conv),
+                                                self._kernel_fits(x)))
+
+    @torch.jit.unused
+    def _kernel_fits(self, x: Tensor) -> bool:
+        """Whether this call may run the gate and concatenation as one C++ call
         (:mod:`~patnet.layers.cpu_kernels`): eager CPU inference on a channels-last float32 or bfloat16 map,
-        one dtype throughout, nothing that needs a gradient. ``docs/bench/change-ab.md`` (``cpp-gate``)."""
-        if torch.jit.is_tracing() or _compiling():
+        one dtype throughout (no autocast: the conv's output then has its weight's), nothing that needs a
+        gradient. ``docs/bench/change-ab.md`` (``cpp-gate``)."""
+        if torch.jit.is_tracing() or _compiling() or torch._C._is_any_autocast_enabled():
             return False
-        gate = self.gate
-        if x.device.type != "cpu" or not (x.dtype == mixed.dtype == gate.weight.dtype == gate.bias.dtype):
+        tensors = (x, self.conv.weight, self.gate.weight, self.gate.bias)
+        if x.device.type != "cpu" or any(t.dtype != x.dtype for t in tensors):
             return False
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, mixed, gate.weight, gate.bias)):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return False  # the op has no backward
-        return (x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous(memory_format=torch.channels_last)
-                and cpu_kernels.available())
+        return x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous(memory_format=torch.channels_last)
 
     @torch.jit.unused
     def _gated_concat(self, x: Tensor, mixed: Tensor) -> Tensor:
@@ -248,7 +309,7 @@ class FusedPartialSelfAttn(_PartialMixer):
     The relative-position bias is gathered once per map shape and kept; TorchScript recomputes it.
     """
 
-    __jit_ignored_attributes__ = ["_bias_cache", "_qkv_packed", "_proj_packed", "_conv_packed"]
+    __jit_ignored_attributes__ = ["_bias_cache", "_qkv_packed", "_proj_packed", "_conv_packed", "_choices"]
 
     def __init__(self, conv: nn.Conv2d, qkv: nn.Linear, proj: nn.Linear, untouched_dim: int, num_heads: int,
                  eps: float, rel_pos: nn.Module):
@@ -279,12 +340,29 @@ class FusedPartialSelfAttn(_PartialMixer):
         return remember(self._bias_cache, key, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        convolved, untouched = torch.split(x, [self.conv_dim, self.untouched_dim], dim=1)
-        if _exporting() or _convs_when_compiled(untouched, self.qkv_weight):
+        convolved, untouched = x.split_with_sizes([self.conv_dim, self.untouched_dim], 1)
+        if self._channels_first(untouched):
             attended = self._attend_channels_first(untouched)
         else:
             attended = self._attend_tokens(untouched)
         return torch.cat((self.partial_conv(convolved), attended), dim=1)
+
+    def _channels_first(self, untouched: Tensor) -> bool:
+        """Whether attention takes the exported graph's channels-first form: in exports, and compiled fp32 where
+        MKL is slow (:func:`_convs_when_compiled`)."""
+        if torch.jit.is_scripting():
+            return False
+        return self._chosen_channels_first(untouched)
+
+    @torch.jit.unused
+    def _chosen_channels_first(self, untouched: Tensor) -> bool:
+        return self._chosen("channels first", untouched,
+                            lambda: _exporting() or _convs_when_compiled(untouched, self.qkv_weight))
+
+    @torch.jit.unused
+    def _product_in_onednn(self, rows: Tensor, matrix: Tensor) -> bool:
+        """:func:`~patnet.layers.onednn.takes_onednn` for ``qkv`` or ``proj`` (told apart by the matrix's id)."""
+        return self._chosen(id(matrix), rows, lambda: takes_onednn(rows, matrix))
 
     def _attend_tokens(self, untouched: Tensor) -> Tensor:
         """PyTorch's form: ``(B, H*W, Cu)`` tokens (a free view of a channels-last map) and fused SDPA."""
@@ -302,7 +380,7 @@ class FusedPartialSelfAttn(_PartialMixer):
     def _product(self, rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
         """``rows @ matrix + bias``: ``torch.addmm``, or a prepacked oneDNN linear (:mod:`patnet.layers.onednn`)."""
         if not torch.jit.is_scripting():
-            if takes_onednn(rows, matrix):
+            if self._product_in_onednn(rows, matrix):
                 return self._packed_product(rows, matrix, bias)
         return torch.addmm(bias, rows, matrix)
 
@@ -372,7 +450,7 @@ class FusedSpatialGate(nn.Module):
         return _summed_products(x, self.gate_weight.view(1, -1, 1, 1), dim=1, keepdim=True)
 
 
-class FusedMlp(nn.Module):
+class FusedMlp(_RemembersChoices):
     """The MLP's deployment form: ``project(act(expand(x)))``, then PAT_sp's gate when present, then the
     block's ``residual`` when given.
 
@@ -380,7 +458,7 @@ class FusedMlp(nn.Module):
     holds PAT_sp's conv half. Both are kept as ``(in, out)`` matrices (:func:`_as_matrix`).
     """
 
-    __jit_ignored_attributes__ = ["_expand_packed", "_project_packed"]
+    __jit_ignored_attributes__ = ["_expand_packed", "_project_packed", "_choices"]
     __constants__ = ["spatially_gated", "small_activation"]
     small_activation = 2 ** 14  # elements; see _activated
 
@@ -403,24 +481,46 @@ class FusedMlp(nn.Module):
         return self._products(x, residual)
 
     def _products(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
-        if _exporting() or _convs_when_compiled(x, self.expand_weight) or _convs_on_cuda(x):
+        form = self._form(x)
+        if form == "convs":
             return self._as_convs(x, residual)
-        if x.is_contiguous(memory_format=torch.channels_last):
-            return self._on_rows(x, residual)
-        return self._on_columns(x, residual)
+        if form == "columns":
+            return self._on_columns(x, residual)
+        return self._on_rows(x, residual, form == "onednn")
 
-    def _on_rows(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
+    def _form(self, x: Tensor) -> str:
+        """How the products run: ``convs`` (exports, compiled fp32 where MKL is slow: :func:`_convs_when_compiled`,
+        fp32 on CUDA: :func:`_convs_on_cuda`), else on a channels-last map's rows (``onednn`` where
+        :func:`~patnet.layers.onednn.takes_onednn` says so, else ``rows``), else on an NCHW map's ``columns``."""
+        if not torch.jit.is_scripting():
+            return self._chosen_form(x)
+        return "rows" if x.is_contiguous(memory_format=torch.channels_last) else "columns"
+
+    @torch.jit.unused
+    def _chosen_form(self, x: Tensor) -> str:
+        return self._chosen("form", x, lambda: self._form_rule(x))
+
+    @torch.jit.unused
+    def _form_rule(self, x: Tensor) -> str:
+        if _exporting() or _convs_when_compiled(x, self.expand_weight) or _convs_on_cuda(x):
+            return "convs"
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            return "columns"
+        return "onednn" if takes_onednn(_as_rows(x), self.expand_weight) else "rows"
+
+    def _on_rows(self, x: Tensor, residual: Optional[Tensor], in_onednn: bool = False) -> Tensor:
         """Both 1x1 convs as matrix products on the ``(B*H*W, C)`` rows a channels-last map already is (a free
         view in and out). Against the previous deploy form (oneDNN's 1x1 convs on one thread, ``F.linear`` on
         two), A/B on a Xeon, fp32: patnet_t2 at 224 from 0.79 to 0.77 of FasterNet-T2 on one thread and 0.80 to
         0.76 on two; the 64 px model's tiny maps from 1.19 to 1.22. The residual joins the output's map view
         (the same adds, two layout calls fewer than as rows): A/B on the Xeon against adding it as rows
         (docs/bench/change-ab.md), one / two threads: patnet_t0 at 64 px 0.994 / 0.992, at 224 px 0.991 / 0.986,
-        patnet_t2 0.997 / 0.989 (an earlier run: 0.965-0.996)."""
+        patnet_t2 0.997 / 0.989 (an earlier run: 0.965-0.996). ``in_onednn``: as prepacked oneDNN linears
+        (:meth:`_in_onednn`), which :meth:`_form` decides."""
         batch, channels, height, width = x.shape
         rows = _as_rows(x)
         if not torch.jit.is_scripting():
-            if takes_onednn(rows, self.expand_weight):
+            if in_onednn:
                 residual_rows = None if residual is None else _as_rows(residual)
                 out = self._in_onednn(rows, residual_rows)
                 return out.view(batch, height, width, channels).permute(0, 3, 1, 2)

@@ -7,15 +7,16 @@ Tokens ``i`` and ``j`` at (row, col) get the bucket of their rounded euclidean d
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Tuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 SHAPES_KEPT = 8  # per-shape caches keep the most recently used map shapes (detection sees many sizes)
+Kept = TypeVar("Kept")
 
 
-def remember(cache: Dict, key, value: Tensor, limit: int = SHAPES_KEPT) -> Tensor:
+def remember(cache: Dict, key, value: Kept, limit: int = SHAPES_KEPT) -> Kept:
     """Store ``value`` under ``key`` in ``cache``, dropping the least recently stored entries beyond ``limit``."""
     cache.pop(key, None)
     cache[key] = value
