@@ -45,9 +45,9 @@ class _RemembersChoices(nn.Module):
     strides, dtype and device, the global modes :func:`_asks_every_call` pins, and the module's own weights,
     whose dtypes and devices change only through ``_apply`` (``.to()``, ``.half()``, ...) or a state-dict load,
     which empty the memory. Asking the rules cost 1-3 us each (module attribute lookups, mode queries), 5-10 us
-    a block; a remembered choice costs about 1 us. One process on an AMD EPYC Zen 5 against asking every call
-    (docs/bench/change-ab.md, ``choices``), eager, one / two threads: the 64 px model 0.95 / 0.96 of its time in
-    fp32, 0.96 / 0.95 in bf16; patnet_t0 at 224 px 0.96 / 0.96; patnet_t2 0.985 (two threads)."""
+    a block; a remembered choice costs about 1 us. One process on an AMD EPYC Zen 5 against the methods that
+    asked every call (docs/bench/change-ab.md, ``choices``), eager, one / two threads: the 64 px model 0.95 / 0.96
+    of its time in fp32, 0.96 / 0.95 in bf16; patnet_t0 at 224 px 0.96 / 0.96; patnet_t2 0.985 (two threads)."""
 
     def __init__(self) -> None:
         super().__init__()
