@@ -69,6 +69,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  fused.py's methods from commit 019c0c2 (CODE_BEFORE)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped, in
                  the PyTorch form), so B / A is what the gates cost; the outputs differ
+  no-attn        not a change: A is PATNet with PAT_sf's fused SDPA replaced by its values (V), so B / A is what
+                 the attention kernel costs (its products, softmax, buffers); the outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
                  floor a fused PAT block can approach (its B / A is PATNet's time over that floor's)
   pconv-last     not a change: A is the same variant with PConv instead of PAT_sf in the last stage (B / A is
@@ -420,6 +422,7 @@ CHANGES = {
     "ln-op": [(fused.FusedPartialSelfAttn, "_attend_channels_first", ln_op_before)],
     "spatial-max": [(fused.FusedMlp, "forward", spatial_max_candidate)],
     "cpp-gate": [(cpu_kernels, "ENABLED", False)],
+    "no-attn": [(F, "scaled_dot_product_attention", lambda q, k, v, attn_mask=None, scale=None: v * 1.0)],
     "unit-gates": [(cpu_kernels, "ENABLED", False), (fused.FusedChannelGate, "forward", unit_scale),
                    (fused.FusedChannelGate, "untouched_scale", unit_untouched_scale)],
     "packed-fp32-convs": [(fused._PartialMixer, "partial_conv", packed_fp32_conv_candidate)],
