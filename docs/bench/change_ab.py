@@ -80,6 +80,7 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
     .venv/bin/python docs/bench/change_ab.py CHANGE RUNTIME DTYPE THREADS {64|patnet_t0|patnet_t2|...} [CALLS]
 """
 import math
+import os
 import subprocess
 import sys
 import types
@@ -451,7 +452,7 @@ def fused_blocks_at(commit: str, model):
     """``model``'s deploy form whose fused blocks run the methods of ``src/patnet/layers/fused.py`` at ``commit``
     (its classes swapped in; their attributes are the same)."""
     source = subprocess.run(["git", "show", f"{commit}:src/patnet/layers/fused.py"], check=True,
-                            capture_output=True, text=True).stdout
+                            capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout
     before = types.ModuleType(f"{fused.__name__}_at_{commit}")
     before.__package__ = fused.__package__
     exec(compile(source, f"fused.py@{commit}", "exec"), before.__dict__)
