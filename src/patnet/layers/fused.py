@@ -9,7 +9,7 @@ into ``qkv``. PAT_sp's post-gate BN, the LayerNorm's normalisation and the softm
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Hashable, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import cpu_kernels
 from .onednn import FP32_TAKES_ONEDNN, MIN_MACS, PackedConv, PackedMatrix, post_op, takes_onednn, takes_onednn_conv
-from .rel_pos import SHAPES_KEPT, remember
+from .rel_pos import SHAPES_KEPT, Kept, remember
 from .stats import bessel_factor, compiled_mean_std, mean_biased_std, stacked_mean_std
 
 
@@ -34,9 +34,6 @@ def _asks_every_call() -> bool:
     Compilation is asked before tracing, whose query would break a dynamo graph. Not for TorchScript."""
     return (torch.is_grad_enabled() or _compiling() or torch._C._is_tracing()
             or torch._C._is_any_autocast_enabled())
-
-
-Choice = TypeVar("Choice")
 
 
 class _RemembersChoices(nn.Module):
@@ -62,7 +59,7 @@ class _RemembersChoices(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     @torch.jit.unused
-    def _chosen(self, step: Hashable, x: Tensor, rule: Callable[[], Choice]) -> Choice:
+    def _chosen(self, step: Hashable, x: Tensor, rule: Callable[[], Kept]) -> Kept:
         """``rule()``, the choice for ``step`` on input ``x``; in eager inference, remembered for inputs like
         ``x`` (the most recent shapes, :data:`~patnet.layers.rel_pos.SHAPES_KEPT` for up to four steps)."""
         if _asks_every_call():
