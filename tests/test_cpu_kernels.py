@@ -237,3 +237,129 @@ def test_op_result_does_not_depend_on_the_thread_count(kernels):
         torch.set_num_threads(threads)
     assert torch.equal(outputs[0], outputs[1])
     assert relative_error(_reference(x, conv, weight, bias), outputs[0]) <= 1e-6
+
+
+# --- PAT_sf's attention: torch.ops.patnet.small_attention ----------------------------------------------------------
+
+def _attention_reference(qkv, bias, heads):
+    """``softmax(q k^T + bias) v`` per head in float64, as ``(B * L, C)`` rows."""
+    tokens = bias.shape[-1]
+    channels = qkv.shape[1] // 3
+    q, k, v = qkv.double().view(-1, tokens, 3, heads, channels // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = torch.softmax(q @ k.transpose(-1, -2) + bias.double(), dim=-1) @ v
+    return out.transpose(1, 2).reshape(-1, channels)
+
+
+def _sdpa_rows(qkv, bias, heads):
+    tokens, channels = bias.shape[-1], qkv.shape[1] // 3
+    q, k, v = qkv.view(-1, tokens, 3, heads, channels // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    return out.transpose(1, 2).reshape(-1, channels)
+
+
+def _attention_inputs(batch, tokens, dim, dtype, heads=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    qkv = (torch.randn(batch * tokens, 3 * heads * dim, generator=gen) * 0.5).to(dtype)
+    bias = torch.randn(1, heads, tokens, tokens, generator=gen).to(dtype)
+    return qkv, bias
+
+
+@pytest.mark.parametrize("batch, tokens, dim", [(1, 49, 48), (3, 4, 72), (2, 15, 20), (1, 1, 16), (1, 150, 24)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_attention_equals_float64_reference(kernels, batch, tokens, dim, dtype):
+    """Token counts and head widths off the kernel's 4-row and 16-column tiles, one token, several samples; in
+    bfloat16 as close as SDPA."""
+    qkv, bias = _attention_inputs(batch, tokens, dim, dtype, seed=tokens)
+    out = torch.ops.patnet.small_attention(qkv, bias, 4)
+    expected = _attention_reference(qkv, bias, 4)
+    assert out.dtype == dtype and out.shape == (batch * tokens, 4 * dim) and out.is_contiguous()
+    if dtype == torch.float32:
+        assert relative_error(expected, out) <= 1e-6
+    else:
+        assert relative_error(expected, out) <= max(1.5 * relative_error(expected, _sdpa_rows(qkv, bias, 4)), 1e-3)
+
+
+def test_small_attention_takes_a_float32_bias_with_bfloat16_rows(kernels):
+    """Autocast inside a compiled graph hands bfloat16 qkv rows with the model's float32 bias."""
+    qkv, bias = _attention_inputs(2, 9, 32, torch.bfloat16, seed=3)
+    out = torch.ops.patnet.small_attention(qkv, bias.float(), 4)
+    assert out.dtype == torch.bfloat16
+    assert relative_error(_attention_reference(qkv, bias.float(), 4), out) <= 1e-2
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda qkv, bias: (qkv.t().contiguous().t(), bias), "qkv must be contiguous"),
+    (lambda qkv, bias: (qkv[:, :-1].contiguous(), bias), "qkv must be contiguous"),
+    (lambda qkv, bias: (qkv, bias[:, :, :, :-1].contiguous()), "bias must be a contiguous"),
+    (lambda qkv, bias: (qkv[:-1].contiguous(), bias), "whole samples of L tokens"),
+    (lambda qkv, bias: (qkv.double(), bias), "float32 or bfloat16"),
+])
+def test_small_attention_rejects_bad_inputs_with_one_line(kernels, change, message):
+    qkv, bias = change(*_attention_inputs(2, 5, 16, torch.float32))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.patnet.small_attention(qkv, bias, 4)
+
+
+def test_small_attention_keeps_nan_where_sdpa_has_it(kernels):
+    """A NaN key makes its sample's head NaN in both (never a finite, wrong number); other samples stay finite."""
+    qkv, bias = _attention_inputs(2, 7, 16, torch.float32, seed=5)
+    qkv[3, 64 + 5] = float("nan")  # sample 0, token 3, the first head's key
+    out = torch.ops.patnet.small_attention(qkv, bias, 4)
+    assert torch.equal(out.isnan(), _sdpa_rows(qkv, bias, 4).isnan())
+    assert out[:7, :16].isnan().all() and not out[7:].isnan().any()
+
+
+def test_small_attention_does_not_depend_on_the_thread_count(kernels):
+    qkv, bias = _attention_inputs(2, 64, 48, torch.float32, seed=9)
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            outputs.append(torch.ops.patnet.small_attention(qkv, bias, 4))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def _attended(monkeypatch) -> list:
+    calls, original = [], fused_layers.FusedPartialSelfAttn._small_attention
+
+    def recording(self, qkv, bias):
+        calls.append(tuple(qkv.shape))
+        return original(self, qkv, bias)
+    monkeypatch.setattr(fused_layers.FusedPartialSelfAttn, "_small_attention", recording)
+    return calls
+
+
+@pytest.mark.parametrize("size", [(7, 7), (2, 2), (5, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pat_sf_attention_in_kernel_equals_sdpa_form(kernels, monkeypatch, size, dtype):
+    mixer = copy.deepcopy(pat_block_pair("pat_sf", False, seed=size[1])[1].spatial_mixing).to(dtype)
+    x = torch.randn(2, 48, *size, generator=torch.Generator().manual_seed(size[0])).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    attended = _attended(monkeypatch)
+    with torch.no_grad():
+        kernel = mixer(x)
+        monkeypatch.setattr(cpu_kernels, "ENABLED", False)
+        sdpa = mixer(x)
+    assert attended == [(2 * size[0] * size[1], 3 * mixer.untouched_dim)]
+    assert relative_error(sdpa.float(), kernel.float()) <= (1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_pat_sf_attention_kernel_skipped_where_it_does_not_apply(kernels, monkeypatch):
+    """Inputs that need gradients, autocast, maps over MAX_KERNEL_TOKENS, TorchScript and traced graphs take
+    SDPA."""
+    mixer = pat_block_pair("pat_sf", False, seed=3)[1].spatial_mixing
+    x = torch.randn(1, 48, 5, 5, generator=torch.Generator().manual_seed(3)).contiguous(
+        memory_format=torch.channels_last)
+    attended = _attended(monkeypatch)
+    mixer(x.clone().requires_grad_(True)).sum().backward()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixer(x)
+        torch.jit.script(copy.deepcopy(mixer))(x)
+        torch.jit.trace(mixer, x, check_trace=False)
+        monkeypatch.setattr(fused_layers, "MAX_KERNEL_TOKENS", 24)
+        mixer(x)
+    assert attended == []

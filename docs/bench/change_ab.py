@@ -67,10 +67,13 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   choices        before: eager inference asks every path rule (C++ call, oneDNN or ATen, convs or rows) on every
                  call instead of remembering its answers per input signature (fused._RemembersChoices); A runs
                  fused.py's methods from commit 019c0c2 (CODE_BEFORE)
+  small-attn     before: PAT_sf's attention as fused SDPA on the heads' views, not one C++ call on the qkv rows
+                 (torch.ops.patnet.small_attention; eager and compiled CPU inference)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped, in
                  the PyTorch form), so B / A is what the gates cost; the outputs differ
-  no-attn        not a change: A is PATNet with PAT_sf's fused SDPA replaced by its values (V), so B / A is what
-                 the attention kernel costs (its products, softmax, buffers); the outputs differ
+  no-attn        not a change: A is PATNet with PAT_sf's attention replaced by its values (V: SDPA patched, the C++
+                 call off), so B / A is what the attention kernel costs (its products, softmax, buffers); the
+                 outputs differ
   pconv-floor    not a change: A is the same variant with PConv in every stage (no gates, no attention), the
                  floor a fused PAT block can approach (its B / A is PATNet's time over that floor's)
   pconv-last     not a change: A is the same variant with PConv instead of PAT_sf in the last stage (B / A is
@@ -423,7 +426,9 @@ CHANGES = {
     "ln-op": [(fused.FusedPartialSelfAttn, "_attend_channels_first", ln_op_before)],
     "spatial-max": [(fused.FusedMlp, "forward", spatial_max_candidate)],
     "cpp-gate": [(cpu_kernels, "ENABLED", False)],
-    "no-attn": [(F, "scaled_dot_product_attention", lambda q, k, v, attn_mask=None, scale=None: v * 1.0)],
+    "no-attn": [(F, "scaled_dot_product_attention", lambda q, k, v, attn_mask=None, scale=None: v * 1.0),
+                (fused.FusedPartialSelfAttn, "_attention_in_kernel", lambda self, untouched: False)],
+    "small-attn": [(fused.FusedPartialSelfAttn, "_attention_in_kernel", lambda self, untouched: False)],
     "unit-gates": [(cpu_kernels, "ENABLED", False), (fused.FusedChannelGate, "forward", unit_scale),
                    (fused.FusedChannelGate, "untouched_scale", unit_untouched_scale)],
     "packed-fp32-convs": [(fused._PartialMixer, "partial_conv", packed_fp32_conv_candidate)],

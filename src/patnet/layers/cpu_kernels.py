@@ -1,7 +1,9 @@
 """patnet's C++ CPU kernels for eager inference (``csrc/``): compiled once per machine on first use, then loaded.
 
 ``torch.ops.patnet.gated_concat`` runs PAT_ch's deploy-form gate and concatenation in one call
-(``csrc/gated_concat.cpp``). The first eager CPU inference call of a deployed PATNet builds it with
+(``csrc/gated_concat.cpp``); ``torch.ops.patnet.small_attention`` PAT_sf's attention over short sequences
+(``csrc/small_attention.cpp``, also inside ``torch.compile``d graphs, with a fake for tracing). The first CPU
+inference call of a deployed PATNet builds them with
 ``torch.utils.cpp_extension`` (about 10 s with a C++ compiler and ninja; kept in ``TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``, and rebuilt only when the source changes). Where the build fails the
 PyTorch form runs instead and one warning says why. ``PATNET_CPU_KERNELS=0`` skips the build and the kernels.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).resolve().parent / "csrc" / "gated_concat.cpp"]
+SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("gated_concat.cpp", "small_attention.cpp")]
 CFLAGS = ["-O3", "-fno-tree-loop-distribute-patterns"]  # the second: short copy loops stay loops, not memcpy calls
 # at::parallel_for is inline OpenMP code where torch runs on OpenMP: without -fopenmp the kernel would run on one
 # thread. The library links the libgomp.so.1 torch already loaded (one thread pool, torch.set_num_threads holds).
@@ -54,7 +56,22 @@ def _build() -> bool:
                            extra_cflags=CFLAGS + openmp, extra_ldflags=openmp, is_python_module=False, verbose=False)
     except Exception as exc:  # a failed build or load: the PyTorch form still runs
         return _unavailable(_first_cause(str(exc)) or type(exc).__name__)
-    return hasattr(torch.ops.patnet, "gated_concat")
+    if not all(hasattr(torch.ops.patnet, op) for op in ("gated_concat", "small_attention")):
+        return False
+    torch.library.register_fake("patnet::small_attention", _small_attention_shape)
+    return True
+
+
+def _small_attention_shape(qkv: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``small_attention``'s output for tracing: ``(B * L, C)`` rows for ``(B * L, 3 * C)`` qkv rows."""
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
+
+
+@torch.compiler.assume_constant_result
+def available_when_compiled() -> bool:
+    """:func:`available` for ``torch.compile``: asked once while a graph is traced (building the kernels then if
+    need be), its answer a constant of the graph."""
+    return available()
 
 
 def _unavailable(reason: str) -> bool:

@@ -36,6 +36,16 @@ def _asks_every_call() -> bool:
             or torch._C._is_any_autocast_enabled())
 
 
+def _one_cpu_dtype(tensors: Tuple[Tensor, ...]) -> bool:
+    """Whether ``tensors`` are CPU tensors of one dtype, float32 or bfloat16, with autocast off (which would
+    give the products another dtype than their inputs): what the C++ kernels (:mod:`~patnet.layers.cpu_kernels`)
+    take."""
+    first = tensors[0]
+    if torch._C._is_any_autocast_enabled() or first.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    return all(t.device.type == "cpu" and t.dtype == first.dtype for t in tensors)
+
+
 class _RemembersChoices(nn.Module):
     """A deployed module that remembers, per input signature, which path each of its steps takes in eager
     inference: every rule below (the C++ call, oneDNN or ATen, rows or convs) reads only the input's shape,
@@ -87,6 +97,8 @@ def _convs_when_compiled(x: Tensor, matrix: Tensor) -> bool:
     macs = x.shape[0] * x.shape[2] * x.shape[3] * matrix.shape[0] * matrix.shape[1]
     return x.dtype == torch.float32 and macs >= MIN_MACS
 
+
+MAX_KERNEL_TOKENS = 1024  # PAT_sf's attention in C++ up to this many tokens (a 32x32 map), SDPA beyond
 
 CUDA_PRODUCTS_AS_CONVS = True  # see _convs_on_cuda; scripts/ab_onednn.py --device cuda toggles it for its A/B
 
@@ -284,14 +296,12 @@ class FusedPartialChannelAttn(_PartialMixer):
         (:mod:`~patnet.layers.cpu_kernels`): eager CPU inference on a channels-last float32 or bfloat16 map,
         one dtype throughout (no autocast: the conv's output then has its weight's), nothing that needs a
         gradient. ``docs/bench/change-ab.md`` (``cpp-gate``)."""
-        if torch.jit.is_tracing() or _compiling() or torch._C._is_any_autocast_enabled():
+        if torch.jit.is_tracing() or _compiling():
             return False
         tensors = (x, self.conv.weight, self.gate.weight, self.gate.bias)
-        if x.device.type != "cpu" or any(t.dtype != x.dtype for t in tensors):
-            return False
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if not _one_cpu_dtype(tensors) or torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return False  # the op has no backward
-        return x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous(memory_format=torch.channels_last)
+        return x.is_contiguous(memory_format=torch.channels_last)
 
     @torch.jit.unused
     def _gated_concat(self, x: Tensor, mixed: Tensor) -> Tensor:
@@ -362,17 +372,52 @@ class FusedPartialSelfAttn(_PartialMixer):
         return self._chosen(id(matrix), rows, lambda: takes_onednn(rows, matrix))
 
     def _attend_tokens(self, untouched: Tensor) -> Tensor:
-        """PyTorch's form: ``(B, H*W, Cu)`` tokens (a free view of a channels-last map) and fused SDPA."""
+        """PyTorch's form: ``(B, H*W, Cu)`` tokens (a free view of a channels-last map), then the attention of
+        :meth:`_attention_rows`."""
         batch, _, height, width = untouched.shape
         length = height * width
         tokens = F.layer_norm(untouched.flatten(2).transpose(1, 2), (self.untouched_dim,), eps=self.eps)
         qkv = self._product(tokens.reshape(batch * length, self.untouched_dim), self.qkv_weight, self.qkv_bias)
-        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.attention_bias(height, width), scale=1.0)
-        out = self._product(out.transpose(1, 2).reshape(batch * length, self.untouched_dim), self.proj_weight,
+        in_kernel = False if torch.jit.is_scripting() else self._attention_in_kernel(untouched)
+        out = self._product(self._attention_rows(qkv, batch, height, width, in_kernel), self.proj_weight,
                             self.proj_bias)
         return out.view(batch, length, self.untouched_dim).transpose(1, 2).reshape(
             batch, self.untouched_dim, height, width)
+
+    def _attention_rows(self, qkv: Tensor, batch: int, height: int, width: int, in_kernel: bool) -> Tensor:
+        """The heads' outputs as ``(B*H*W, Cu)`` rows for the ``(B*H*W, 3 Cu)`` qkv rows: one C++ call
+        (``in_kernel``: :meth:`_attention_in_kernel`), else fused SDPA on the heads' views."""
+        bias = self.attention_bias(height, width)
+        if not torch.jit.is_scripting():
+            if in_kernel:
+                return self._small_attention(qkv, bias)
+        length = height * width
+        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        return out.transpose(1, 2).reshape(batch * length, self.untouched_dim)
+
+    @torch.jit.unused
+    def _attention_in_kernel(self, untouched: Tensor) -> bool:
+        """:meth:`_attention_fits` (remembered) and the kernels built and enabled (asked every call; in a compiled
+        graph once, when it is traced)."""
+        if not self._chosen("attention", untouched, lambda: self._attention_fits(untouched)):
+            return False
+        return cpu_kernels.available_when_compiled() if _compiling() else cpu_kernels.available()
+
+    @torch.jit.unused
+    def _attention_fits(self, untouched: Tensor) -> bool:
+        """Whether the attention runs as ``torch.ops.patnet.small_attention`` (:mod:`~patnet.layers.cpu_kernels`):
+        inference on CPU, eager or compiled, in one dtype (float32 or bfloat16, no autocast), up to
+        :data:`MAX_KERNEL_TOKENS` tokens; not while traced (a traced graph would need the library)."""
+        compiling = _compiling()  # asked before tracing, whose query would break a dynamo graph
+        if not compiling and torch._C._is_tracing() or untouched.shape[2] * untouched.shape[3] > MAX_KERNEL_TOKENS:
+            return False
+        tensors = (untouched, self.qkv_weight, self.rel_pos.bias_table)
+        return _one_cpu_dtype(tensors) and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+    @torch.jit.unused
+    def _small_attention(self, qkv: Tensor, bias: Tensor) -> Tensor:
+        return torch.ops.patnet.small_attention(qkv, bias.contiguous(), self.num_heads)
 
     def _product(self, rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
         """``rows @ matrix + bias``: ``torch.addmm``, or a prepacked oneDNN linear (:mod:`patnet.layers.onednn`)."""
