@@ -1,10 +1,10 @@
-"""patnet's C++ CPU kernels for eager inference (``csrc/``): compiled once per machine on first use, then loaded.
+"""patnet's C++ CPU kernels for inference (``csrc/``): compiled once per machine on first use, then loaded.
 
 ``torch.ops.patnet.gated_concat`` runs PAT_ch's deploy-form gate and concatenation in one call
 (``csrc/gated_concat.cpp``); ``torch.ops.patnet.small_attention`` PAT_sf's attention over short sequences
 (``csrc/small_attention.cpp``, also inside ``torch.compile``d graphs, with a fake for tracing). The first CPU
-inference call of a deployed PATNet builds them with
-``torch.utils.cpp_extension`` (about 10 s with a C++ compiler and ninja; kept in ``TORCH_EXTENSIONS_DIR``, by
+inference call of a deployed PATNet builds them with ``torch.utils.cpp_extension`` (about 17 s with a C++
+compiler and ninja; kept in ``TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``, and rebuilt only when the source changes). Where the build fails the
 PyTorch form runs instead and one warning says why. ``PATNET_CPU_KERNELS=0`` skips the build and the kernels.
 """
@@ -31,8 +31,8 @@ _loaded: list[bool] = []  # empty until the first build attempt, then its outcom
 
 
 def available() -> bool:
-    """Whether ``torch.ops.patnet`` holds the kernels; the first call builds or loads them. Only eager inference
-    asks: TorchScript, tracing and ``torch.compile`` keep the PyTorch form."""
+    """Whether ``torch.ops.patnet`` holds the kernels; the first call builds or loads them. Eager inference asks
+    (``torch.compile`` through :func:`available_when_compiled`); TorchScript and tracing keep the PyTorch form."""
     if not ENABLED:
         return False
     if not _loaded:

@@ -98,7 +98,7 @@ def _convs_when_compiled(x: Tensor, matrix: Tensor) -> bool:
     return x.dtype == torch.float32 and macs >= MIN_MACS
 
 
-MAX_KERNEL_TOKENS = 1024  # PAT_sf's attention in C++ up to this many tokens (a 32x32 map), SDPA beyond
+MAX_KERNEL_TOKENS = 1024  # PAT_sf's attention in C++ up to a 32x32 map (there 11.4 against SDPA's 17.8 ms), SDPA beyond
 
 CUDA_PRODUCTS_AS_CONVS = True  # see _convs_on_cuda; scripts/ab_onednn.py --device cuda toggles it for its A/B
 
@@ -386,7 +386,11 @@ class FusedPartialSelfAttn(_PartialMixer):
 
     def _attention_rows(self, qkv: Tensor, batch: int, height: int, width: int, in_kernel: bool) -> Tensor:
         """The heads' outputs as ``(B*H*W, Cu)`` rows for the ``(B*H*W, 3 Cu)`` qkv rows: one C++ call
-        (``in_kernel``: :meth:`_attention_in_kernel`), else fused SDPA on the heads' views."""
+        (``in_kernel``: :meth:`_attention_in_kernel`), else fused SDPA on the heads' views. SDPA's CPU kernel is
+        built for long sequences; at 49 tokens, 4 heads of 96, the C++ call takes 35 against 66 us (fp32, one
+        thread; bf16 36 against 78). A/B in one process on an AMD EPYC Zen 5 (docs/bench/change-ab.md,
+        ``small-attn``), the model's time with / without: compiled bf16 patnet_t2 0.97 (one and two threads), S
+        0.98-0.99, T0 and T1 0.97-0.98; eager fp32 patnet_t2 0.97, the 64 px model 0.95 / 0.97; eager bf16 0.96."""
         bias = self.attention_bias(height, width)
         if not torch.jit.is_scripting():
             if in_kernel:
