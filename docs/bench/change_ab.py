@@ -68,7 +68,8 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  call instead of remembering its answers per input signature (fused._RemembersChoices); A runs
                  fused.py's methods from commit 019c0c2 (CODE_BEFORE)
   small-attn     before: PAT_sf's attention as fused SDPA on the heads' views, not one C++ call on the qkv rows
-                 (torch.ops.patnet.small_attention; eager and compiled CPU inference)
+                 (torch.ops.patnet.small_attention; eager and compiled CPU inference); "explicit-attn" and
+                 "bmm-attn" replace the token form as A, so their B / A now includes this call
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped, in
                  the PyTorch form), so B / A is what the gates cost; the outputs differ
   no-attn        not a change: A is PATNet with PAT_sf's attention replaced by its values (V: SDPA patched, the C++
