@@ -1,11 +1,11 @@
 // PAT_sf's attention on CPU for short sequences (patnet.layers.cpu_kernels builds and loads it):
 //   out[b, i, h] = softmax_j(q[b, i, h] . k[b, j, h] + bias[h, i, j]) v[b, j, h]
-// for the qkv rows (B * L, 3 * C) of the deploy form (float32 or bfloat16) (each row [q, k, v], each of those heads x head_dim, the scale
-// already folded into q), a (1, heads, L, L) bias (either dtype), and the heads' outputs as rows (B * L, C), the layout the
-// projection reads. Logits, softmax and sums are float32 for both dtypes. SDPA's CPU kernel is built for long
-// sequences (blocks of 32 queries and 512 keys, per-call buffers): at PAT_sf's 49 tokens it spends ten times its
-// arithmetic. Here each head's products are register tiles of four rows by up to 64 columns: a loaded tile of the
-// right operand serves four rows.
+// for the deploy form's qkv rows (B * L, 3 * C), float32 or bfloat16 (each row [q, k, v], each of those heads x
+// head_dim, the scale already folded into q), a (1, heads, L, L) bias of either dtype, and the heads' outputs as
+// rows (B * L, C), the layout the projection reads. Logits, softmax and sums are float32 for both dtypes. SDPA's
+// CPU kernel is built for long sequences (blocks of 32 queries and 512 keys, per-call buffers): at PAT_sf's 49
+// tokens it spends ten times its arithmetic. Here each head's products are register tiles of four rows by up to
+// 64 columns: a loaded tile of the right operand serves four rows.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -15,30 +15,14 @@
 #include <cstring>
 #include <vector>
 
+#include "tiles.h"
+
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define PATNET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PATNET_CLONES
-#endif
-#define PATNET_INLINE inline __attribute__((always_inline))
-
-constexpr int64_t kTile = 16;     // floats in a vector tile
 constexpr int64_t kRows = 4;      // rows of a register tile
 constexpr int64_t kMaxTiles = 4;  // vector tiles across a register tile (4 x 4 accumulators)
 
-typedef float Floats __attribute__((vector_size(kTile * sizeof(float))));
 typedef int32_t Ints __attribute__((vector_size(kTile * sizeof(int32_t))));
-typedef uint16_t Halves __attribute__((vector_size(kTile * sizeof(uint16_t))));
-
-PATNET_INLINE Floats load_tile(const float* p) {
-  Floats v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-PATNET_INLINE void store_tile(float* p, Floats v) { std::memcpy(p, &v, sizeof v); }
 
 PATNET_INLINE int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -100,15 +84,6 @@ PATNET_INLINE Floats exp_tile(Floats x) {
   Floats scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return under ? Floats{} : p * scale;
-}
-
-PATNET_INLINE Floats load_tile(const c10::BFloat16* p) {  // a bfloat16 is a float's upper half
-  Halves halves;
-  std::memcpy(&halves, p, sizeof halves);
-  const Ints words = __builtin_convertvector(halves, Ints) << 16;
-  Floats v;
-  std::memcpy(&v, &words, sizeof v);
-  return v;
 }
 
 // The largest and the sum of a tile's 16 values, halving the tile four times.
