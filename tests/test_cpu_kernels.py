@@ -31,15 +31,32 @@ def _mixer(seed: int = 0):
     return pat_block_pair("pat_ch", False, seed=seed)[1].spatial_mixing
 
 
-def _taken(monkeypatch) -> list:
-    calls = []
-    original = fused_layers.FusedPartialChannelAttn._gated_concat
+def _recorded(monkeypatch, cls, name: str) -> list:
+    """The shapes of the first argument of every call of ``cls.name`` (a C++ call's wrapper) from now on."""
+    calls, original = [], getattr(cls, name)
 
-    def recording(self, x, mixed):
-        calls.append(tuple(x.shape))
-        return original(self, x, mixed)
-    monkeypatch.setattr(fused_layers.FusedPartialChannelAttn, "_gated_concat", recording)
+    def recording(self, first, *args):
+        calls.append(tuple(first.shape))
+        return original(self, first, *args)
+    monkeypatch.setattr(cls, name, recording)
     return calls
+
+
+def _taken(monkeypatch) -> list:
+    return _recorded(monkeypatch, fused_layers.FusedPartialChannelAttn, "_gated_concat")
+
+
+def _on_one_and_two_threads(call) -> list:
+    """``call()``'s results on one thread and on two."""
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            outputs.append(call())
+    finally:
+        torch.set_num_threads(threads)
+    return outputs
 
 
 def _both_forms(mixer, x, monkeypatch):
@@ -227,34 +244,24 @@ def test_op_result_does_not_depend_on_the_thread_count(kernels):
     x = torch.randn(1, 64, 96, 80, generator=gen).contiguous(memory_format=torch.channels_last)
     conv = torch.randn(1, 16, 96, 80, generator=gen).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(128, 48, generator=gen) * 0.1, torch.randn(48, generator=gen)
-    threads = torch.get_num_threads()
-    try:
-        outputs = []
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            outputs.append(torch.ops.patnet.gated_concat(x, conv, weight, bias))
-    finally:
-        torch.set_num_threads(threads)
+    outputs = _on_one_and_two_threads(lambda: torch.ops.patnet.gated_concat(x, conv, weight, bias))
     assert torch.equal(outputs[0], outputs[1])
     assert relative_error(_reference(x, conv, weight, bias), outputs[0]) <= 1e-6
 
 
 # --- PAT_sf's attention: torch.ops.patnet.small_attention ----------------------------------------------------------
 
-def _attention_reference(qkv, bias, heads):
-    """``softmax(q k^T + bias) v`` per head in float64, as ``(B * L, C)`` rows."""
-    tokens = bias.shape[-1]
-    channels = qkv.shape[1] // 3
-    q, k, v = qkv.double().view(-1, tokens, 3, heads, channels // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    out = torch.softmax(q @ k.transpose(-1, -2) + bias.double(), dim=-1) @ v
-    return out.transpose(1, 2).reshape(-1, channels)
-
-
 def _sdpa_rows(qkv, bias, heads):
+    """``softmax(q k^T + bias) v`` per head by SDPA, as ``(B * L, C)`` rows."""
     tokens, channels = bias.shape[-1], qkv.shape[1] // 3
     q, k, v = qkv.view(-1, tokens, 3, heads, channels // heads).permute(2, 0, 3, 1, 4).unbind(0)
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
     return out.transpose(1, 2).reshape(-1, channels)
+
+
+def _attention_reference(qkv, bias, heads):
+    """The same in float64."""
+    return _sdpa_rows(qkv.double(), bias.double(), heads)
 
 
 def _attention_inputs(batch, tokens, dim, dtype, heads=4, seed=0):
@@ -311,25 +318,12 @@ def test_small_attention_keeps_nan_where_sdpa_has_it(kernels):
 
 def test_small_attention_does_not_depend_on_the_thread_count(kernels):
     qkv, bias = _attention_inputs(2, 64, 48, torch.float32, seed=9)
-    threads = torch.get_num_threads()
-    try:
-        outputs = []
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            outputs.append(torch.ops.patnet.small_attention(qkv, bias, 4))
-    finally:
-        torch.set_num_threads(threads)
+    outputs = _on_one_and_two_threads(lambda: torch.ops.patnet.small_attention(qkv, bias, 4))
     assert torch.equal(outputs[0], outputs[1])
 
 
 def _attended(monkeypatch) -> list:
-    calls, original = [], fused_layers.FusedPartialSelfAttn._small_attention
-
-    def recording(self, qkv, bias):
-        calls.append(tuple(qkv.shape))
-        return original(self, qkv, bias)
-    monkeypatch.setattr(fused_layers.FusedPartialSelfAttn, "_small_attention", recording)
-    return calls
+    return _recorded(monkeypatch, fused_layers.FusedPartialSelfAttn, "_small_attention")
 
 
 @pytest.mark.parametrize("size", [(7, 7), (2, 2), (5, 3)])

@@ -36,12 +36,16 @@ def _asks_every_call() -> bool:
             or torch._C._is_any_autocast_enabled())
 
 
-def _one_cpu_dtype(tensors: Tuple[Tensor, ...]) -> bool:
-    """Whether ``tensors`` are CPU tensors of one dtype, float32 or bfloat16, with autocast off (which would
-    give the products another dtype than their inputs): what the C++ kernels (:mod:`~patnet.layers.cpu_kernels`)
-    take."""
+def _kernel_takes(tensors: Tuple[Tensor, ...]) -> bool:
+    """Whether the C++ kernels (:mod:`~patnet.layers.cpu_kernels`) may take ``tensors``: CPU tensors of one dtype,
+    float32 or bfloat16, with autocast off (which would give the products another dtype than their inputs), none
+    needing a gradient (the ops have no backward), and no ``torch.jit`` trace recording (a traced graph would need
+    the library)."""
     first = tensors[0]
-    if torch._C._is_any_autocast_enabled() or first.dtype not in (torch.float32, torch.bfloat16):
+    if torch.jit.is_tracing() or torch._C._is_any_autocast_enabled() or first.dtype not in (torch.float32,
+                                                                                           torch.bfloat16):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return all(t.device.type == "cpu" and t.dtype == first.dtype for t in tensors)
 
@@ -296,12 +300,10 @@ class FusedPartialChannelAttn(_PartialMixer):
         (:mod:`~patnet.layers.cpu_kernels`): eager CPU inference on a channels-last float32 or bfloat16 map,
         one dtype throughout (no autocast: the conv's output then has its weight's), nothing that needs a
         gradient. ``docs/bench/change-ab.md`` (``cpp-gate``)."""
-        if torch.jit.is_tracing() or _compiling():
+        if _compiling():
             return False
         tensors = (x, self.conv.weight, self.gate.weight, self.gate.bias)
-        if not _one_cpu_dtype(tensors) or torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return False  # the op has no backward
-        return x.is_contiguous(memory_format=torch.channels_last)
+        return _kernel_takes(tensors) and x.is_contiguous(memory_format=torch.channels_last)
 
     @torch.jit.unused
     def _gated_concat(self, x: Tensor, mixed: Tensor) -> Tensor:
@@ -413,15 +415,13 @@ class FusedPartialSelfAttn(_PartialMixer):
         """Whether the attention runs as ``torch.ops.patnet.small_attention`` (:mod:`~patnet.layers.cpu_kernels`):
         inference on CPU, eager or compiled, in one dtype (float32 or bfloat16, no autocast), up to
         :data:`MAX_KERNEL_TOKENS` tokens; not while traced (a traced graph would need the library)."""
-        compiling = _compiling()  # asked before tracing, whose query would break a dynamo graph
-        if not compiling and torch._C._is_tracing() or untouched.shape[2] * untouched.shape[3] > MAX_KERNEL_TOKENS:
+        if untouched.shape[2] * untouched.shape[3] > MAX_KERNEL_TOKENS:
             return False
-        tensors = (untouched, self.qkv_weight, self.rel_pos.bias_table)
-        return _one_cpu_dtype(tensors) and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        return _kernel_takes((untouched, self.qkv_weight, self.rel_pos.bias_table))
 
     @torch.jit.unused
     def _small_attention(self, qkv: Tensor, bias: Tensor) -> Tensor:
-        return torch.ops.patnet.small_attention(qkv, bias.contiguous(), self.num_heads)
+        return torch.ops.patnet.small_attention(qkv, bias, self.num_heads)  # the kept bias is contiguous
 
     def _product(self, rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
         """``rows @ matrix + bias``: ``torch.addmm``, or a prepacked oneDNN linear (:mod:`patnet.layers.onednn`)."""
