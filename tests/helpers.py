@@ -52,3 +52,27 @@ def pat_block_pair(mixer: str, spatial_attn: bool, dim: int = 48, seed: int = 0)
     fused = copy.deepcopy(block)
     fused.reparameterize()
     return block, fused
+
+
+def recorded(monkeypatch, cls, name: str) -> list:
+    """The shapes of the first argument of every call of ``cls.name`` (a C++ call's wrapper) from now on."""
+    calls, original = [], getattr(cls, name)
+
+    def recording(self, first, *args):
+        calls.append(tuple(first.shape))
+        return original(self, first, *args)
+    monkeypatch.setattr(cls, name, recording)
+    return calls
+
+
+def on_one_and_two_threads(call) -> list:
+    """``call()``'s results on one thread and on two."""
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            outputs.append(call())
+    finally:
+        torch.set_num_threads(threads)
+    return outputs

@@ -1,29 +1,16 @@
 """patnet's C++ CPU kernel for PAT_ch's deploy form: the same numbers as the PyTorch form, taken only where it
 applies, and a failed build costs one warning, never a result."""
 import copy
-import importlib.util
-import shutil
 
 import pytest
 import timm
 import torch
-from helpers import pat_block_pair, randomize_inference_state, relative_error
+from helpers import on_one_and_two_threads, pat_block_pair, randomize_inference_state, recorded, relative_error
 
 import patnet  # noqa: F401
 import patnet.layers.fused as fused_layers
 from patnet.deploy import deploy
 from patnet.layers import PartialChannelAttn, cpu_kernels
-
-HAS_NINJA = shutil.which("ninja") is not None or importlib.util.find_spec("ninja") is not None
-BUILDABLE = HAS_NINJA and (shutil.which("c++") or shutil.which("g++")) is not None
-
-
-@pytest.fixture
-def kernels():
-    """The kernels, built; a machine without a compiler or ninja skips, one with them must build."""
-    if not BUILDABLE:
-        pytest.skip("no C++ compiler or ninja on this machine")
-    assert cpu_kernels.available(), "the C++ CPU kernels failed to build on a machine with a compiler and ninja"
 
 
 def _mixer(seed: int = 0):
@@ -31,32 +18,8 @@ def _mixer(seed: int = 0):
     return pat_block_pair("pat_ch", False, seed=seed)[1].spatial_mixing
 
 
-def _recorded(monkeypatch, cls, name: str) -> list:
-    """The shapes of the first argument of every call of ``cls.name`` (a C++ call's wrapper) from now on."""
-    calls, original = [], getattr(cls, name)
-
-    def recording(self, first, *args):
-        calls.append(tuple(first.shape))
-        return original(self, first, *args)
-    monkeypatch.setattr(cls, name, recording)
-    return calls
-
-
 def _taken(monkeypatch) -> list:
-    return _recorded(monkeypatch, fused_layers.FusedPartialChannelAttn, "_gated_concat")
-
-
-def _on_one_and_two_threads(call) -> list:
-    """``call()``'s results on one thread and on two."""
-    threads = torch.get_num_threads()
-    try:
-        outputs = []
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            outputs.append(call())
-    finally:
-        torch.set_num_threads(threads)
-    return outputs
+    return recorded(monkeypatch, fused_layers.FusedPartialChannelAttn, "_gated_concat")
 
 
 def _both_forms(mixer, x, monkeypatch):
@@ -244,7 +207,7 @@ def test_op_result_does_not_depend_on_the_thread_count(kernels):
     x = torch.randn(1, 64, 96, 80, generator=gen).contiguous(memory_format=torch.channels_last)
     conv = torch.randn(1, 16, 96, 80, generator=gen).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(128, 48, generator=gen) * 0.1, torch.randn(48, generator=gen)
-    outputs = _on_one_and_two_threads(lambda: torch.ops.patnet.gated_concat(x, conv, weight, bias))
+    outputs = on_one_and_two_threads(lambda: torch.ops.patnet.gated_concat(x, conv, weight, bias))
     assert torch.equal(outputs[0], outputs[1])
     assert relative_error(_reference(x, conv, weight, bias), outputs[0]) <= 1e-6
 
@@ -318,12 +281,12 @@ def test_small_attention_keeps_nan_where_sdpa_has_it(kernels):
 
 def test_small_attention_does_not_depend_on_the_thread_count(kernels):
     qkv, bias = _attention_inputs(2, 64, 48, torch.float32, seed=9)
-    outputs = _on_one_and_two_threads(lambda: torch.ops.patnet.small_attention(qkv, bias, 4))
+    outputs = on_one_and_two_threads(lambda: torch.ops.patnet.small_attention(qkv, bias, 4))
     assert torch.equal(outputs[0], outputs[1])
 
 
 def _attended(monkeypatch) -> list:
-    return _recorded(monkeypatch, fused_layers.FusedPartialSelfAttn, "_small_attention")
+    return recorded(monkeypatch, fused_layers.FusedPartialSelfAttn, "_small_attention")
 
 
 @pytest.mark.parametrize("size", [(7, 7), (2, 2), (5, 3)])

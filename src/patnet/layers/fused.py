@@ -225,34 +225,78 @@ class FusedChannelGate(nn.Module):
         return torch.cat((self.weight[self.passed:channels], self.weight[channels + self.passed:]), dim=0)
 
 
+ConvPath = Tuple[bool, bool]  # a partial conv's (C++ kernel fits, oneDNN takes it): _conv_path
+
+
+def _conv_path(x: Tensor, conv: nn.Conv2d) -> ConvPath:
+    """Where ``conv(x)`` may run: the C++ kernel (:func:`_conv_fits_kernel`), oneDNN with a packed weight
+    (:func:`~patnet.layers.onednn.takes_onednn_conv`), else ATen."""
+    return _conv_fits_kernel(x, conv), takes_onednn_conv(x, conv)
+
+
+def _conv_fits_kernel(x: Tensor, conv: nn.Conv2d) -> bool:
+    """Whether ``conv(x)`` may run as ``torch.ops.patnet.partial_conv3x3`` (:mod:`~patnet.layers.cpu_kernels`):
+    a CPU with AVX512-BF16 and no AMX (``cpu_kernels.PARTIAL_CONV_CPU``), bfloat16 inference by
+    :func:`_kernel_takes`'s rule, eager or compiled, channels innermost in ``x``, and the partial mixers' conv:
+    3x3, stride 1, zero padding 1, no bias, groups or dilation, an even number of input channels up to
+    ``cpu_kernels.MAX_CONV_CHANNELS``."""
+    if not cpu_kernels.PARTIAL_CONV_CPU or x.dtype != torch.bfloat16 or x.stride(1) != 1:
+        return False
+    geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
+    if geometry != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros") or conv.bias is not None:
+        return False
+    if conv.in_channels % 2 or conv.in_channels > cpu_kernels.MAX_CONV_CHANNELS:
+        return False
+    return _kernel_takes((x, conv.weight))
+
+
+def _kernels_on() -> bool:
+    """Whether the C++ kernels are built and enabled: asked every eager call, once while a graph is compiled."""
+    return cpu_kernels.available_when_compiled() if _compiling() else cpu_kernels.available()
+
+
 class _PartialMixer(_RemembersChoices):
     """What the deployed partial mixers share: the split widths and the 3x3 conv on the first ``conv_dim``
-    channels, which eager inference runs in oneDNN with a packed weight where
-    :func:`~patnet.layers.onednn.takes_onednn_conv` says so."""
+    channels, which bfloat16 inference runs as one C++ call where :func:`_conv_fits_kernel` says so, and eager
+    inference otherwise in oneDNN with a packed weight where :func:`~patnet.layers.onednn.takes_onednn_conv` says
+    so. oneDNN's conv costs 12-18 us a call beside its arithmetic; alone, one / two threads, the C++ call takes
+    0.66-0.74 / 0.50-0.64 of its time on patnet_t2's maps (56x56x16 to 7x7x128), 0.35 / 0.27 on patnet_t0's
+    14x14x32 and 0.13-0.22 / 0.10-0.17 on the 64 px model's (docs/bench/change-ab.md, ``bf16-dot-conv``)."""
 
-    __jit_ignored_attributes__ = ["_conv_packed", "_choices"]
+    __jit_ignored_attributes__ = ["_conv_packed", "_kernel_packed", "_choices"]
 
     def __init__(self, conv: nn.Conv2d, untouched_dim: int):
         super().__init__()
         self.conv_dim, self.untouched_dim = conv.out_channels, untouched_dim
         self.conv = conv
         self._conv_packed = PackedConv()
+        self._kernel_packed = cpu_kernels.PackedPartialConv()
 
-    def partial_conv(self, convolved: Tensor, in_onednn: Optional[bool] = None) -> Tensor:
-        """``conv(convolved)``, in oneDNN with the packed weight where the rule says so (``in_onednn``: the
-        caller has asked it)."""
+    def partial_conv(self, convolved: Tensor, path: Optional[ConvPath] = None) -> Tensor:
+        """``conv(convolved)`` by :func:`_conv_path` (``path``: the caller has asked it); whether the kernels are
+        on is asked every call."""
         if not torch.jit.is_scripting():
-            if self._conv_in_onednn(convolved) if in_onednn is None else in_onednn:
+            in_kernel, in_onednn = self._conv_path(convolved) if path is None else path
+            if in_kernel and _kernels_on():
+                return self._kernel_conv(convolved)
+            if in_onednn:
                 return self._packed_conv(convolved)
         return self.conv(convolved)
 
     @torch.jit.unused
-    def _conv_in_onednn(self, convolved: Tensor) -> bool:
-        return self._chosen("conv", convolved, lambda: takes_onednn_conv(convolved, self.conv))
+    def _conv_path(self, convolved: Tensor) -> ConvPath:
+        return self._chosen("conv", convolved, lambda: _conv_path(convolved, self.conv))
 
     @torch.jit.unused
     def _packed_conv(self, convolved: Tensor) -> Tensor:
         return self._conv_packed.conv(convolved, self.conv)
+
+    @torch.jit.unused
+    def _kernel_conv(self, convolved: Tensor) -> Tensor:
+        """The C++ conv; a compiled graph packs the weight in the graph (freezing makes that a constant)."""
+        weight = self.conv.weight
+        packed = cpu_kernels.pack_for_partial_conv(weight) if _compiling() else self._kernel_packed.packed(weight)
+        return torch.ops.patnet.partial_conv3x3(convolved, packed, self.conv_dim)
 
 
 class FusedPartialChannelAttn(_PartialMixer):
@@ -279,20 +323,19 @@ class FusedPartialChannelAttn(_PartialMixer):
             return torch.cat((self.conv(convolved), untouched), dim=1)
         convolved, untouched = x.split_with_sizes(sizes, 1)  # 1.2 us; torch.split 2.9
         if not torch.jit.is_scripting():
-            conv_in_onednn, kernel_fits = self._plan(x)
-            mixed = self.partial_conv(convolved, conv_in_onednn)
-            if kernel_fits and cpu_kernels.available():
+            conv_path, kernel_fits = self._plan(x)
+            mixed = self.partial_conv(convolved, conv_path)
+            if kernel_fits and _kernels_on():
                 return self._gated_concat(x, mixed)
         else:
             mixed = self.conv(convolved)
         return torch.cat((mixed, untouched * self.gate.untouched_scale(x)), dim=1)
 
     @torch.jit.unused
-    def _plan(self, x: Tensor) -> Tuple[bool, bool]:
-        """Whether the 3x3 conv runs in oneDNN, and whether the gate and concatenation fit the C++ call, for
-        input ``x`` (remembered, :class:`_RemembersChoices`); whether the kernels are on is asked every call."""
-        return self._chosen("plan", x, lambda: (takes_onednn_conv(x[:, :self.conv_dim], self.conv),
-                                                self._kernel_fits(x)))
+    def _plan(self, x: Tensor) -> Tuple[ConvPath, bool]:
+        """Where the 3x3 conv runs (:func:`_conv_path`), and whether the gate and concatenation fit the C++ call,
+        for input ``x`` (remembered, :class:`_RemembersChoices`); whether the kernels are on is asked every call."""
+        return self._chosen("plan", x, lambda: (_conv_path(x[:, :self.conv_dim], self.conv), self._kernel_fits(x)))
 
     @torch.jit.unused
     def _kernel_fits(self, x: Tensor) -> bool:
@@ -406,9 +449,7 @@ class FusedPartialSelfAttn(_PartialMixer):
     def _attention_in_kernel(self, untouched: Tensor) -> bool:
         """:meth:`_attention_fits` (remembered) and the kernels built and enabled (asked every call; in a compiled
         graph once, when it is traced)."""
-        if not self._chosen("attention", untouched, lambda: self._attention_fits(untouched)):
-            return False
-        return cpu_kernels.available_when_compiled() if _compiling() else cpu_kernels.available()
+        return self._chosen("attention", untouched, lambda: self._attention_fits(untouched)) and _kernels_on()
 
     @torch.jit.unused
     def _attention_fits(self, untouched: Tensor) -> bool:
