@@ -229,6 +229,7 @@ def test_compiled_fp32_takes_conv_forms_where_mkl_is_slow(monkeypatch, dtype, mi
         monkeypatch.setattr(fused_layers, "FP32_TAKES_ONEDNN", True)
         monkeypatch.setattr(fused_layers, "MIN_MACS", min_macs)
         monkeypatch.setattr(fused_layers, "_compiling", lambda: True)
+        monkeypatch.setattr(fused_layers, "_linear_fits_kernel", lambda *_: False)  # rows, not the bf16 C++ call
         actual = fused(x).float()
     assert taken == (["_attend_channels_first", "_as_convs"] if convs else ["_attend_tokens", "_on_rows"])
     assert relative_error(expected, actual) <= (1e-5 if dtype == torch.float32 else 2e-2)

@@ -72,6 +72,9 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
                  "bmm-attn" replace the token form as A, so their B / A now includes this call
   bf16-dot-conv  before: the partial mixers' bf16 3x3 convs in oneDNN (eager, packed weight) or inductor's oneDNN
                  conv (compiled), not one C++ call on AVX512-BF16 dot products (torch.ops.patnet.partial_conv3x3)
+  bf16-dot-linear before: the bf16 MLP and PAT_sf products as oneDNN linears (eager: packed weight; compiled:
+                 inductor's) or torch.addmm, not one C++ call each on AVX512-BF16 dot products
+                 (torch.ops.patnet.bf16_linear, activation and residual applied as it writes)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped, in
                  the PyTorch form), so B / A is what the gates cost; the outputs differ
   no-attn        not a change: A is PATNet with PAT_sf's attention replaced by its values (V: SDPA patched, the C++
@@ -449,6 +452,7 @@ CHANGES = {
                   lambda self, untouched: attention_on_tokens(self, untouched, bmm_heads))],
     "transposed-gelu": [(fused.FusedMlp, "_activated", transposed_gelu_candidate)],
     "bf16-dot-conv": [(fused, "_conv_fits_kernel", lambda x, conv: False)],
+    "bf16-dot-linear": [(fused, "_linear_fits_kernel", lambda rows, matrix, bias: False)],
 }
 
 

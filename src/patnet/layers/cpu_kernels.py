@@ -2,11 +2,12 @@
 
 ``torch.ops.patnet.gated_concat`` runs PAT_ch's deploy-form gate and concatenation in one call
 (``csrc/gated_concat.cpp``); ``torch.ops.patnet.small_attention`` PAT_sf's attention over short sequences
-(``csrc/small_attention.cpp``) and ``torch.ops.patnet.partial_conv3x3`` the partial mixers' bfloat16 3x3 conv
-on CPUs with AVX512-BF16 (``csrc/partial_conv.cpp``), both also inside ``torch.compile``d graphs, with fakes for
-tracing. The first CPU inference call of a deployed PATNet builds them with ``torch.utils.cpp_extension`` (about
-25 s with a C++ compiler and ninja; kept in ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``,
-and rebuilt only when the source changes). Where the build fails the
+(``csrc/small_attention.cpp``); on CPUs with AVX512-BF16, ``torch.ops.patnet.partial_conv3x3`` and
+``torch.ops.patnet.bf16_linear`` the partial mixers' bfloat16 3x3 conv and the deploy form's bfloat16 matrix
+products (``csrc/partial_conv.cpp``, ``csrc/bf16_linear.cpp``). All but the first also run inside
+``torch.compile``d graphs, with fakes for tracing. The first CPU inference call of a deployed PATNet builds them
+with ``torch.utils.cpp_extension`` (about 30 s with a C++ compiler and ninja; kept in ``TORCH_EXTENSIONS_DIR``, by
+default ``~/.cache/torch_extensions``, and rebuilt only when the source changes). Where the build fails the
 PyTorch form runs instead and one warning says why. ``PATNET_CPU_KERNELS=0`` skips the build and the kernels.
 """
 from __future__ import annotations
@@ -26,16 +27,16 @@ from ..runtimes.hardware import cpu_flags
 from .onednn import PackedWeight
 
 SOURCES = [Path(__file__).resolve().parent / "csrc" / name
-           for name in ("gated_concat.cpp", "small_attention.cpp", "partial_conv.cpp")]
-OPS = ("gated_concat", "small_attention", "partial_conv3x3")
+           for name in ("gated_concat.cpp", "small_attention.cpp", "partial_conv.cpp", "bf16_linear.cpp")]
+OPS = ("gated_concat", "small_attention", "partial_conv3x3", "bf16_linear")
 CFLAGS = ["-O3", "-fno-tree-loop-distribute-patterns"]  # the second: short copy loops stay loops, not memcpy calls
 # at::parallel_for is inline OpenMP code where torch runs on OpenMP: without -fopenmp the kernel would run on one
 # thread. The library links the libgomp.so.1 torch already loaded (one thread pool, torch.set_num_threads holds).
 OPENMP = sys.platform.startswith("linux") and torch.backends.openmp.is_available()
 ENABLED = os.environ.get("PATNET_CPU_KERNELS", "1") != "0"  # docs/bench/change_ab.py toggles it for its A/B
-# The bf16 3x3 conv runs on AVX512-BF16's dot products; on CPUs with AMX, where oneDNN's conv has tile units this
-# kernel does not use, it has not been measured, so oneDNN keeps those convs there.
-PARTIAL_CONV_CPU = (lambda flags: flags["avx512_bf16"] and not flags["amx_bf16"])(cpu_flags())
+# The bf16 conv and products run on AVX512-BF16's dot products; on CPUs with AMX, whose tile units oneDNN uses and
+# these kernels do not, they have not been measured, so oneDNN keeps that work there.
+BF16_DOT_CPU = (lambda flags: flags["avx512_bf16"] and not flags["amx_bf16"])(cpu_flags())
 MAX_CONV_CHANNELS = 1024  # the kernel's input channels at most (csrc/partial_conv.cpp, kMaxInChannels)
 _lock = threading.Lock()
 _loaded: list[bool] = []  # empty until the first build attempt, then its outcome
@@ -71,6 +72,7 @@ def _build() -> bool:
         return False
     torch.library.register_fake("patnet::small_attention", _small_attention_shape)
     torch.library.register_fake("patnet::partial_conv3x3", _partial_conv_shape)
+    torch.library.register_fake("patnet::bf16_linear", _bf16_linear_shape)
     return True
 
 
@@ -79,28 +81,37 @@ def _small_attention_shape(qkv: torch.Tensor, bias: torch.Tensor, num_heads: int
     return qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
 
 
+def pack_pairs(matrix: torch.Tensor) -> torch.Tensor:
+    """A ``(K, N)`` matrix (``K`` even) in the AVX512-BF16 kernels' layout (``csrc/bf16_dot.h``): ``(K / 2, N rounded
+    up to 16, 2)`` bfloat16, ``[pair, n, j] = matrix[2 * pair + j, n]``, zeros in the padding."""
+    depth, width = matrix.shape
+    pairs = matrix.reshape(depth // 2, 2, width).transpose(1, 2)
+    return F.pad(pairs.to(torch.bfloat16), (0, 0, 0, -width % 16)).contiguous()
+
+
 def pack_for_partial_conv(weight: torch.Tensor) -> torch.Tensor:
-    """A ``(C_out, C_in, 3, 3)`` conv weight (``C_in`` even) in ``partial_conv3x3``'s layout: ``(9, C_in / 2, C_out
-    rounded up to 16, 2)`` bfloat16, ``[tap, pair, o, j] = weight[o, 2 * pair + j, tap // 3, tap % 3]``, zeros in
-    the padding."""
-    out_channels, in_channels = weight.shape[:2]
-    pairs = weight.permute(2, 3, 1, 0).reshape(9, in_channels // 2, 2, out_channels).transpose(2, 3)
-    padding = -out_channels % 16
-    return F.pad(pairs.to(torch.bfloat16), (0, 0, 0, padding)).contiguous()
+    """A ``(C_out, C_in, 3, 3)`` conv weight (``C_in`` even) for ``partial_conv3x3``: its ``(9 C_in, C_out)`` matrix
+    of taps and input channels, tap-major, by :func:`pack_pairs`."""
+    return pack_pairs(weight.permute(2, 3, 1, 0).reshape(9 * weight.shape[1], weight.shape[0]))
 
 
-class PackedPartialConv(PackedWeight):
-    """A 3x3 conv's weight packed for ``partial_conv3x3`` (:func:`pack_for_partial_conv`), packed again when it
-    changes."""
+class PackedPairs(PackedWeight):
+    """A weight packed for the AVX512-BF16 kernels by ``pack`` (:func:`pack_pairs`, :func:`pack_for_partial_conv`),
+    packed again when it changes."""
 
-    def packed(self, weight: torch.Tensor) -> torch.Tensor:
-        return self._packed_from(weight, pack_for_partial_conv)
+    def packed(self, weight: torch.Tensor, pack) -> torch.Tensor:
+        return self._packed_from(weight, pack)
 
 
 def _partial_conv_shape(x: torch.Tensor, packed: torch.Tensor, out_channels: int) -> torch.Tensor:
     """``partial_conv3x3``'s output for tracing: a channels-last ``(B, out_channels, H, W)`` map."""
     return x.new_empty(x.shape[0], out_channels, x.shape[2], x.shape[3]).contiguous(
         memory_format=torch.channels_last)
+
+
+def _bf16_linear_shape(rows, packed, bias, out_features, activation, residual):
+    """``bf16_linear``'s output for tracing: ``(M, out_features)`` bfloat16 rows."""
+    return rows.new_empty(rows.shape[0], out_features)
 
 
 @torch.compiler.assume_constant_result

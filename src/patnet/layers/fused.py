@@ -225,10 +225,10 @@ class FusedChannelGate(nn.Module):
         return torch.cat((self.weight[self.passed:channels], self.weight[channels + self.passed:]), dim=0)
 
 
-ConvPath = Tuple[bool, bool]  # a partial conv's (C++ kernel fits, oneDNN takes it): _conv_path
+KernelPath = Tuple[bool, bool]  # (the C++ kernel fits, oneDNN takes it): _conv_path, FusedPartialSelfAttn._product
 
 
-def _conv_path(x: Tensor, conv: nn.Conv2d) -> ConvPath:
+def _conv_path(x: Tensor, conv: nn.Conv2d) -> KernelPath:
     """Where ``conv(x)`` may run: the C++ kernel (:func:`_conv_fits_kernel`), oneDNN with a packed weight
     (:func:`~patnet.layers.onednn.takes_onednn_conv`), else ATen."""
     return _conv_fits_kernel(x, conv), takes_onednn_conv(x, conv)
@@ -236,11 +236,11 @@ def _conv_path(x: Tensor, conv: nn.Conv2d) -> ConvPath:
 
 def _conv_fits_kernel(x: Tensor, conv: nn.Conv2d) -> bool:
     """Whether ``conv(x)`` may run as ``torch.ops.patnet.partial_conv3x3`` (:mod:`~patnet.layers.cpu_kernels`):
-    a CPU with AVX512-BF16 and no AMX (``cpu_kernels.PARTIAL_CONV_CPU``), bfloat16 inference by
+    a CPU with AVX512-BF16 and no AMX (``cpu_kernels.BF16_DOT_CPU``), bfloat16 inference by
     :func:`_kernel_takes`'s rule, eager or compiled, channels innermost in ``x``, and the partial mixers' conv:
     3x3, stride 1, zero padding 1, no bias, groups or dilation, an even number of input channels up to
     ``cpu_kernels.MAX_CONV_CHANNELS``."""
-    if not cpu_kernels.PARTIAL_CONV_CPU or x.dtype != torch.bfloat16 or x.stride(1) != 1:
+    if not cpu_kernels.BF16_DOT_CPU or x.dtype != torch.bfloat16 or x.stride(1) != 1:
         return False
     geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
     if geometry != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros") or conv.bias is not None:
@@ -253,6 +253,44 @@ def _conv_fits_kernel(x: Tensor, conv: nn.Conv2d) -> bool:
 def _kernels_on() -> bool:
     """Whether the C++ kernels are built and enabled: asked every eager call, once while a graph is compiled."""
     return cpu_kernels.available_when_compiled() if _compiling() else cpu_kernels.available()
+
+
+MAX_LINEAR_KERNEL_MACS = 2 ** 23  # bf16_linear up to this many multiply-adds a product: _linear_fits_kernel
+
+
+def _linear_fits_kernel(rows: Tensor, matrix: Tensor, bias: Tensor) -> bool:
+    """Whether ``rows @ matrix + bias`` may run as ``torch.ops.patnet.bf16_linear`` (:mod:`~patnet.layers.cpu_kernels`):
+    a CPU with AVX512-BF16 and no AMX, bfloat16 inference by :func:`_kernel_takes`'s rule, eager or compiled, rows
+    with unit column stride, an even depth and at most :data:`MAX_LINEAR_KERNEL_MACS` multiply-adds, where oneDNN's
+    fixed cost a call outweighs what its GEMM does better: with every product in the kernel, compiled bf16 patnet_t0
+    took 0.95 / 0.86 of its time (one / two threads), but patnet_t2 0.99 / 1.02, t1 1.01 / 1.03 and s 1.03 / 1.03,
+    whose products run 13-58 M multiply-adds (docs/bench/change-ab.md, ``bf16-dot-linear``)."""
+    if not cpu_kernels.BF16_DOT_CPU or rows.dtype != torch.bfloat16 or rows.stride(1) != 1 or matrix.shape[0] % 2:
+        return False
+    if rows.shape[0] * matrix.shape[0] * matrix.shape[1] > MAX_LINEAR_KERNEL_MACS:
+        return False
+    return _kernel_takes((rows, matrix, bias))
+
+
+def _kernel_activation(act: nn.Module) -> Optional[str]:
+    """``bf16_linear``'s name for ``act`` (ReLU, GELU with either approximation), None for any other module."""
+    fused = post_op(act)
+    if fused is None:
+        return None
+    name, algorithm = fused
+    return "gelu_tanh" if algorithm == "tanh" else name
+
+
+def _pairs_product(rows: Tensor, matrix: Tensor, bias: Tensor, cache: "cpu_kernels.PackedPairs",
+                   activation: str = "none", residual: Optional[Tensor] = None) -> Tensor:
+    """``activation(rows @ matrix + bias) [+ residual]`` as one ``bf16_linear`` call; the weight packed once in
+    ``cache`` (a compiled graph packs it in the graph, which freezing makes a constant). oneDNN's linear spends
+    about 12 us a call beside its arithmetic; alone, on patnet_t2's and t0's MLP shapes, this call takes
+    0.72-1.09 / 0.49-1.00 of its time on one / two threads, 0.26-0.37 on the 64 px model's (docs/bench/change-ab.md,
+    ``bf16-dot-linear``)."""
+    pack = cpu_kernels.pack_pairs
+    packed = pack(matrix) if _compiling() else cache.packed(matrix, pack)
+    return torch.ops.patnet.bf16_linear(rows, packed, bias, matrix.shape[1], activation, residual)
 
 
 class _PartialMixer(_RemembersChoices):
@@ -270,9 +308,9 @@ class _PartialMixer(_RemembersChoices):
         self.conv_dim, self.untouched_dim = conv.out_channels, untouched_dim
         self.conv = conv
         self._conv_packed = PackedConv()
-        self._kernel_packed = cpu_kernels.PackedPartialConv()
+        self._kernel_packed = cpu_kernels.PackedPairs()
 
-    def partial_conv(self, convolved: Tensor, path: Optional[ConvPath] = None) -> Tensor:
+    def partial_conv(self, convolved: Tensor, path: Optional[KernelPath] = None) -> Tensor:
         """``conv(convolved)`` by :func:`_conv_path` (``path``: the caller has asked it); whether the kernels are
         on is asked every call."""
         if not torch.jit.is_scripting():
@@ -284,7 +322,7 @@ class _PartialMixer(_RemembersChoices):
         return self.conv(convolved)
 
     @torch.jit.unused
-    def _conv_path(self, convolved: Tensor) -> ConvPath:
+    def _conv_path(self, convolved: Tensor) -> KernelPath:
         return self._chosen("conv", convolved, lambda: _conv_path(convolved, self.conv))
 
     @torch.jit.unused
@@ -295,7 +333,8 @@ class _PartialMixer(_RemembersChoices):
     def _kernel_conv(self, convolved: Tensor) -> Tensor:
         """The C++ conv; a compiled graph packs the weight in the graph (freezing makes that a constant)."""
         weight = self.conv.weight
-        packed = cpu_kernels.pack_for_partial_conv(weight) if _compiling() else self._kernel_packed.packed(weight)
+        pack = cpu_kernels.pack_for_partial_conv
+        packed = pack(weight) if _compiling() else self._kernel_packed.packed(weight, pack)
         return torch.ops.patnet.partial_conv3x3(convolved, packed, self.conv_dim)
 
 
@@ -332,7 +371,7 @@ class FusedPartialChannelAttn(_PartialMixer):
         return torch.cat((mixed, untouched * self.gate.untouched_scale(x)), dim=1)
 
     @torch.jit.unused
-    def _plan(self, x: Tensor) -> Tuple[ConvPath, bool]:
+    def _plan(self, x: Tensor) -> Tuple[KernelPath, bool]:
         """Where the 3x3 conv runs (:func:`_conv_path`), and whether the gate and concatenation fit the C++ call,
         for input ``x`` (remembered, :class:`_RemembersChoices`); whether the kernels are on is asked every call."""
         return self._chosen("plan", x, lambda: (_conv_path(x[:, :self.conv_dim], self.conv), self._kernel_fits(x)))
@@ -361,7 +400,8 @@ class FusedPartialSelfAttn(_PartialMixer):
     The relative-position bias is gathered once per map shape and kept; TorchScript recomputes it.
     """
 
-    __jit_ignored_attributes__ = ["_bias_cache", "_qkv_packed", "_proj_packed", "_conv_packed", "_choices"]
+    __jit_ignored_attributes__ = ["_bias_cache", "_qkv_packed", "_proj_packed", "_qkv_pairs", "_proj_pairs",
+                                  "_conv_packed", "_kernel_packed", "_choices"]
 
     def __init__(self, conv: nn.Conv2d, qkv: nn.Linear, proj: nn.Linear, untouched_dim: int, num_heads: int,
                  eps: float, rel_pos: nn.Module):
@@ -374,6 +414,7 @@ class FusedPartialSelfAttn(_PartialMixer):
         self.rel_pos = rel_pos
         self._bias_cache: Dict[Tuple[int, int, str, str], Tensor] = {}
         self._qkv_packed, self._proj_packed = PackedMatrix(), PackedMatrix()
+        self._qkv_pairs, self._proj_pairs = cpu_kernels.PackedPairs(), cpu_kernels.PackedPairs()
 
     def attention_bias(self, height: int, width: int) -> Tensor:
         if torch.jit.is_scripting():
@@ -412,9 +453,11 @@ class FusedPartialSelfAttn(_PartialMixer):
                             lambda: _exporting() or _convs_when_compiled(untouched, self.qkv_weight))
 
     @torch.jit.unused
-    def _product_in_onednn(self, rows: Tensor, matrix: Tensor) -> bool:
-        """:func:`~patnet.layers.onednn.takes_onednn` for ``qkv`` or ``proj`` (told apart by the matrix's id)."""
-        return self._chosen(id(matrix), rows, lambda: takes_onednn(rows, matrix))
+    def _product_path(self, rows: Tensor, matrix: Tensor, bias: Tensor) -> KernelPath:
+        """:func:`_linear_fits_kernel` and :func:`~patnet.layers.onednn.takes_onednn` for ``qkv`` or ``proj`` (told
+        apart by the matrix's id)."""
+        return self._chosen(id(matrix), rows, lambda: (_linear_fits_kernel(rows, matrix, bias),
+                                                        takes_onednn(rows, matrix)))
 
     def _attend_tokens(self, untouched: Tensor) -> Tensor:
         """PyTorch's form: ``(B, H*W, Cu)`` tokens (a free view of a channels-last map), then the attention of
@@ -465,9 +508,14 @@ class FusedPartialSelfAttn(_PartialMixer):
         return torch.ops.patnet.small_attention(qkv, bias, self.num_heads)  # the kept bias is contiguous
 
     def _product(self, rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
-        """``rows @ matrix + bias``: ``torch.addmm``, or a prepacked oneDNN linear (:mod:`patnet.layers.onednn`)."""
+        """``rows @ matrix + bias``: one ``bf16_linear`` call (:func:`_pairs_product`), a prepacked oneDNN linear
+        (:mod:`patnet.layers.onednn`) or ``torch.addmm``, by :meth:`_product_path`; whether the kernels are on is
+        asked every call."""
         if not torch.jit.is_scripting():
-            if self._product_in_onednn(rows, matrix):
+            in_kernel, in_onednn = self._product_path(rows, matrix, bias)
+            if in_kernel and _kernels_on():
+                return self._kernel_product(rows, matrix, bias)
+            if in_onednn:
                 return self._packed_product(rows, matrix, bias)
         return torch.addmm(bias, rows, matrix)
 
@@ -475,6 +523,10 @@ class FusedPartialSelfAttn(_PartialMixer):
     def _packed_product(self, rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
         packed = self._qkv_packed if matrix is self.qkv_weight else self._proj_packed
         return packed.product(rows, matrix, bias)
+
+    @torch.jit.unused
+    def _kernel_product(self, rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
+        return _pairs_product(rows, matrix, bias, self._qkv_pairs if matrix is self.qkv_weight else self._proj_pairs)
 
     def _attend_channels_first(self, untouched: Tensor) -> Tensor:
         """The exported graph's form: the map stays ``(B, Cu, H, W)``; ``qkv`` and ``proj`` as 1x1 convs, heads as
@@ -545,7 +597,7 @@ class FusedMlp(_RemembersChoices):
     holds PAT_sp's conv half. Both are kept as ``(in, out)`` matrices (:func:`_as_matrix`).
     """
 
-    __jit_ignored_attributes__ = ["_expand_packed", "_project_packed", "_choices"]
+    __jit_ignored_attributes__ = ["_expand_packed", "_project_packed", "_expand_pairs", "_project_pairs", "_choices"]
     __constants__ = ["spatially_gated", "small_activation"]
     small_activation = 2 ** 14  # elements; see _activated
 
@@ -557,6 +609,7 @@ class FusedMlp(_RemembersChoices):
         self.spatial_gate = spatial_gate if spatial_gate is not None else nn.Identity()
         self.spatially_gated = spatial_gate is not None
         self._expand_packed, self._project_packed = PackedMatrix(), PackedMatrix()
+        self._expand_pairs, self._project_pairs = cpu_kernels.PackedPairs(), cpu_kernels.PackedPairs()
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """``[residual +] gate(project(act(expand(x))))``. Without PAT_sp's gate the residual joins the last
@@ -569,6 +622,11 @@ class FusedMlp(_RemembersChoices):
 
     def _products(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
         form = self._form(x)
+        if not torch.jit.is_scripting():
+            if form == "kernel":
+                if _kernels_on():
+                    return self._in_kernel(x, residual)
+                form = self._rows_form(x)
         if form == "convs":
             return self._as_convs(x, residual)
         if form == "columns":
@@ -577,8 +635,10 @@ class FusedMlp(_RemembersChoices):
 
     def _form(self, x: Tensor) -> str:
         """How the products run: ``convs`` (exports, compiled fp32 where MKL is slow: :func:`_convs_when_compiled`,
-        fp32 on CUDA: :func:`_convs_on_cuda`), else on a channels-last map's rows (``onednn`` where
-        :func:`~patnet.layers.onednn.takes_onednn` says so, else ``rows``), else on an NCHW map's ``columns``."""
+        fp32 on CUDA: :func:`_convs_on_cuda`), else on a channels-last map's rows (``kernel`` where
+        :func:`_linear_fits_kernel` says so and the activation is one the kernel has, ``onednn`` where
+        :func:`~patnet.layers.onednn.takes_onednn` says so, else ``rows``), else on an NCHW map's ``columns``. Whether
+        the kernels are on is asked every call (``kernel`` falls back to the rows' other forms)."""
         if not torch.jit.is_scripting():
             return self._chosen_form(x)
         return "rows" if x.is_contiguous(memory_format=torch.channels_last) else "columns"
@@ -593,7 +653,25 @@ class FusedMlp(_RemembersChoices):
             return "convs"
         if not x.is_contiguous(memory_format=torch.channels_last):
             return "columns"
+        if _kernel_activation(self.act) is not None and _linear_fits_kernel(_as_rows(x), self.expand_weight,
+                                                                            self.expand_bias):
+            return "kernel"
+        return self._rows_form(x)
+
+    @torch.jit.unused
+    def _rows_form(self, x: Tensor) -> str:
         return "onednn" if takes_onednn(_as_rows(x), self.expand_weight) else "rows"
+
+    @torch.jit.unused
+    def _in_kernel(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
+        """Both products on the map's rows as ``bf16_linear`` calls (:func:`_pairs_product`), the activation and the
+        residual applied as they are written."""
+        batch, channels, height, width = x.shape
+        hidden = _pairs_product(_as_rows(x), self.expand_weight, self.expand_bias, self._expand_pairs,
+                                _kernel_activation(self.act))
+        residual_rows = None if residual is None else _as_rows(residual)
+        out = _pairs_product(hidden, self.project_weight, self.project_bias, self._project_pairs, "none", residual_rows)
+        return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
     def _on_rows(self, x: Tensor, residual: Optional[Tensor], in_onednn: bool = False) -> Tensor:
         """Both 1x1 convs as matrix products on the ``(B*H*W, C)`` rows a channels-last map already is (a free

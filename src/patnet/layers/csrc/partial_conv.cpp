@@ -1,9 +1,8 @@
 // The partial mixers' 3x3 conv in bfloat16 on CPUs with AVX512-BF16 (patnet.layers.cpu_kernels builds and loads it):
 //   out[b, o, h, w] = sum over c, dy, dx of x[b, c, h + dy - 1, w + dx - 1] * weight[o, c, dy, dx]
 // zero padding 1, stride 1, no bias, for a channels-innermost x (a channels-last map or a channel slice of one)
-// and a weight packed by patnet.layers.cpu_kernels.pack_for_partial_conv: (9 taps, C_in / 2 channel pairs, C_out rounded
-// up to 16, 2), i.e. for each tap and pair of input channels the pair's weights for every output channel side by
-// side, the operand layout of AVX512-BF16's pairwise dot product. Products of bfloat16 pairs accumulate in
+// and a weight packed by patnet.layers.cpu_kernels.pack_for_partial_conv: the (9 C_in, C_out) matrix of its taps and
+// input channels (tap-major) in the pairs layout of bf16_dot.h, (9 C_in / 2, C_out rounded up to 16, 2). Products of bfloat16 pairs accumulate in
 // float32 and round to bfloat16 once. oneDNN's conv spends 12-18 us of fixed cost a call (building its
 // descriptors) beside its arithmetic: more than the arithmetic on PATNet's small partial maps.
 #include <ATen/ATen.h>
@@ -14,13 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define PATNET_HAS_BF16_DOT 1
-#define PATNET_BF16_DOT __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-#else
-#define PATNET_HAS_BF16_DOT 0
-#endif
+#include "bf16_dot.h"
 
 namespace {
 
@@ -32,15 +25,6 @@ struct Geometry {
   int64_t height, width, pairs, out_channels, out_padded;
   int64_t row_stride, pixel_stride;  // x's strides in elements
 };
-
-bool cpu_has_bf16_dot() {
-#if PATNET_HAS_BF16_DOT
-  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-#else
-  return false;
-#endif
-}
 
 #if PATNET_HAS_BF16_DOT
 alignas(64) const uint16_t kZeros[kMaxInChannels] = {};
@@ -66,13 +50,9 @@ PATNET_BF16_DOT inline void pixel_block(const uint16_t* x, const uint16_t* weigh
       const uint16_t* taps = weight + (dy * 3 + dx) * tap_stride + first_out * 2;
       for (int64_t p = 0; p < g.pairs; ++p) {
         __m512bh weights[kVectors];
-        for (int v = 0; v < kVectors; ++v) {
-          weights[v] = (__m512bh)_mm512_loadu_si512(taps + p * pair_stride + v * 32);
-        }
+        for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(taps + p * pair_stride + v * 32);
         for (int i = 0; i < kPixels; ++i) {
-          int32_t pair;
-          std::memcpy(&pair, in[i] + 2 * p, sizeof pair);
-          const __m512bh inputs = (__m512bh)_mm512_set1_epi32(pair);
+          const __m512bh inputs = broadcast_pair(in[i] + 2 * p);
           for (int v = 0; v < kVectors; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], inputs, weights[v]);
         }
       }
@@ -80,11 +60,7 @@ PATNET_BF16_DOT inline void pixel_block(const uint16_t* x, const uint16_t* weigh
   }
   for (int i = 0; i < kPixels; ++i) {
     uint16_t* o = out_row + (w + i) * g.out_channels + first_out;
-    for (int v = 0; v < kVectors; ++v) {
-      const int64_t left = g.out_channels - first_out - v * 16;
-      const __mmask16 mask = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
-      _mm256_mask_storeu_epi16(o + v * 16, mask, (__m256i)_mm512_cvtneps_pbh(acc[i][v]));
-    }
+    for (int v = 0; v < kVectors; ++v) store_bf16(o + v * 16, acc[i][v], g.out_channels - first_out - v * 16);
   }
 }
 
@@ -129,12 +105,11 @@ void check_inputs(const at::Tensor& x, const at::Tensor& packed, int64_t out_cha
   TORCH_CHECK(in_channels > 0 && in_channels % 2 == 0 && in_channels <= kMaxInChannels,
               "partial_conv3x3: x must have an even number of channels, at most ", kMaxInChannels);
   TORCH_CHECK(out_channels > 0, "partial_conv3x3: out_channels must be positive");
-  const int64_t padded = (out_channels + 15) / 16 * 16;
-  TORCH_CHECK(packed.scalar_type() == at::kBFloat16 && packed.is_contiguous() && packed.dim() == 4 &&
-                  packed.size(0) == 9 && packed.size(1) == in_channels / 2 && packed.size(2) == padded &&
-                  packed.size(3) == 2,
-              "partial_conv3x3: the weight must be packed by patnet.layers.cpu_kernels.pack_for_partial_conv: a contiguous "
-              "bfloat16 (9, C_in / 2, C_out rounded up to 16, 2) tensor");
+  const int64_t padded = padded_to_16(out_channels);
+  TORCH_CHECK(packed.scalar_type() == at::kBFloat16 && packed.is_contiguous() && packed.dim() == 3 &&
+                  packed.size(0) == 9 * in_channels / 2 && packed.size(1) == padded && packed.size(2) == 2,
+              "partial_conv3x3: the weight must be packed by patnet.layers.cpu_kernels.pack_for_partial_conv: a "
+              "contiguous bfloat16 (9 C_in / 2, C_out rounded up to 16, 2) tensor");
 }
 
 at::Tensor partial_conv3x3(const at::Tensor& x, const at::Tensor& packed, int64_t out_channels) {
@@ -143,7 +118,7 @@ at::Tensor partial_conv3x3(const at::Tensor& x, const at::Tensor& packed, int64_
   at::Tensor out = at::empty({batch, out_channels, height, width},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
 #if PATNET_HAS_BF16_DOT
-  const Geometry g{height, width, x.size(1) / 2, out_channels, packed.size(2), x.stride(2), x.stride(3)};
+  const Geometry g{height, width, x.size(1) / 2, out_channels, packed.size(1), x.stride(2), x.stride(3)};
   const auto* input = reinterpret_cast<const uint16_t*>(x.const_data_ptr<c10::BFloat16>());
   const auto* weight = reinterpret_cast<const uint16_t*>(packed.const_data_ptr<c10::BFloat16>());
   auto* output = reinterpret_cast<uint16_t*>(out.mutable_data_ptr<c10::BFloat16>());

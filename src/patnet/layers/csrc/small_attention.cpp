@@ -22,8 +22,6 @@ namespace {
 constexpr int64_t kRows = 4;      // rows of a register tile
 constexpr int64_t kMaxTiles = 4;  // vector tiles across a register tile (4 x 4 accumulators)
 
-typedef int32_t Ints __attribute__((vector_size(kTile * sizeof(int32_t))));
-
 PATNET_INLINE int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // c[r, 0:16 * kTiles] = sum over k < depth of a[r, k] * b[k, 0:16 * kTiles] for kRows rows of a.
@@ -61,29 +59,6 @@ PATNET_INLINE void products(const float* a, int64_t lda, const float* b, int64_t
       col += tiles * kTile;
     }
   }
-}
-
-// exp(x) per element: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts), exp(r) by Cephes' degree-7
-// polynomial, 2^n built in the exponent bits; 0 below -87.3 (where float exp underflows), inf above 88.7.
-PATNET_INLINE Floats exp_tile(Floats x) {
-  const Ints under = x < -87.3f;
-  x = under ? Floats{} - 87.3f : x;
-  x = x > 88.7f ? Floats{} + 88.7f : x;
-  const Floats half = x < 0.0f ? Floats{} - 0.5f : Floats{} + 0.5f;
-  const Ints n = __builtin_convertvector(x * 1.44269504088896341f + half, Ints);
-  const Floats nf = __builtin_convertvector(n, Floats);
-  const Floats r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-  Floats p = Floats{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const Ints bits = (n + 127) << 23;
-  Floats scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return under ? Floats{} : p * scale;
 }
 
 // The largest and the sum of a tile's 16 values, halving the tile four times.

@@ -26,6 +26,7 @@ constexpr int64_t kTile = 16;
 typedef float Floats __attribute__((vector_size(kTile * sizeof(float))));
 typedef uint32_t Words __attribute__((vector_size(kTile * sizeof(uint32_t))));
 typedef uint16_t Halves __attribute__((vector_size(kTile * sizeof(uint16_t))));
+typedef int32_t Ints __attribute__((vector_size(kTile * sizeof(int32_t))));
 
 PATNET_INLINE Floats load_tile(const float* p) {
   Floats v;
@@ -51,6 +52,29 @@ PATNET_INLINE void store_tile(c10::BFloat16* p, Floats v) {  // round to nearest
   const Words rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
   const Halves halves = __builtin_convertvector((rounded & ~nan) | (nan & 0x7FC0u), Halves);
   std::memcpy(p, &halves, sizeof halves);
+}
+
+// exp(x) per element: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts), exp(r) by Cephes' degree-7
+// polynomial, 2^n built in the exponent bits; 0 below -87.3 (where float exp underflows), inf above 88.7.
+PATNET_INLINE Floats exp_tile(Floats x) {
+  const Ints under = x < -87.3f;
+  x = under ? Floats{} - 87.3f : x;
+  x = x > 88.7f ? Floats{} + 88.7f : x;
+  const Floats half = x < 0.0f ? Floats{} - 0.5f : Floats{} + 0.5f;
+  const Ints n = __builtin_convertvector(x * 1.44269504088896341f + half, Ints);
+  const Floats nf = __builtin_convertvector(n, Floats);
+  const Floats r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  Floats p = Floats{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const Ints bits = (n + 127) << 23;
+  Floats scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return under ? Floats{} : p * scale;
 }
 
 }  // namespace

@@ -1,0 +1,53 @@
+// What the AVX512-BF16 kernels share (partial_conv.cpp, bf16_linear.cpp): the target attribute, the CPU check, the
+// weight layout of the pairwise dot product and the rounded, masked store of a row's 16 outputs.
+//   packed[pair, o, j] = W[2 * pair + j, o] for a (K, N) matrix W (K even): each pair of input rows' weights for every
+//   output side by side, N rounded up to 16 (zeros there).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define PATNET_HAS_BF16_DOT 1
+#define PATNET_BF16_DOT __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#else
+#define PATNET_HAS_BF16_DOT 0
+#endif
+
+namespace {
+
+inline bool cpu_has_bf16_dot() {
+#if PATNET_HAS_BF16_DOT
+  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
+}
+
+inline int64_t padded_to_16(int64_t n) { return (n + 15) / 16 * 16; }
+
+#if PATNET_HAS_BF16_DOT
+// A pair of bfloat16 inputs (one 32-bit word) in every lane: one operand of _mm512_dpbf16_ps.
+PATNET_BF16_DOT inline __m512bh broadcast_pair(const uint16_t* pair) {
+  int32_t word;
+  std::memcpy(&word, pair, sizeof word);
+  return (__m512bh)_mm512_set1_epi32(word);
+}
+
+// 16 outputs' packed weights for one pair of inputs: the other operand.
+PATNET_BF16_DOT inline __m512bh load_pairs(const uint16_t* weights) {
+  return (__m512bh)_mm512_loadu_si512(weights);
+}
+
+// The first `count` (up to 16) of a row's float outputs to bfloat16, rounded to nearest even.
+PATNET_BF16_DOT inline void store_bf16(uint16_t* out, __m512 values, int64_t count) {
+  const __mmask16 mask = count >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
+  _mm256_mask_storeu_epi16(out, mask, (__m256i)_mm512_cvtneps_pbh(values));
+}
+#endif
+
+}  // namespace
