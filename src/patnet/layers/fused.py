@@ -285,8 +285,9 @@ def _pairs_product(rows: Tensor, matrix: Tensor, bias: Tensor, cache: "cpu_kerne
                    activation: str = "none", residual: Optional[Tensor] = None) -> Tensor:
     """``activation(rows @ matrix + bias) [+ residual]`` as one ``bf16_linear`` call; the weight packed once in
     ``cache`` (a compiled graph packs it in the graph, which freezing makes a constant). oneDNN's linear spends
-    about 12 us a call beside its arithmetic; alone, on patnet_t2's and t0's MLP shapes, this call takes
-    0.72-1.09 / 0.49-1.00 of its time on one / two threads, 0.26-0.37 on the 64 px model's (docs/bench/change-ab.md,
+    about 12 us a call beside its arithmetic; alone, one / two threads, this call takes 0.51-1.04 / 0.44-0.84 of its
+    time on patnet_t0's products and 0.29-0.38 / 0.28-0.34 on the 64 px model's (docs/bench/bf16_dot_alone.py);
+    whole models, compiled bf16: t0 0.95 / 0.87 of their time, the 64 px model 0.66 / 0.81 (docs/bench/change-ab.md,
     ``bf16-dot-linear``)."""
     pack = cpu_kernels.pack_pairs
     packed = pack(matrix) if _compiling() else cache.packed(matrix, pack)
@@ -298,8 +299,10 @@ class _PartialMixer(_RemembersChoices):
     channels, which bfloat16 inference runs as one C++ call where :func:`_conv_fits_kernel` says so, and eager
     inference otherwise in oneDNN with a packed weight where :func:`~patnet.layers.onednn.takes_onednn_conv` says
     so. oneDNN's conv costs 12-18 us a call beside its arithmetic; alone, one / two threads, the C++ call takes
-    0.66-0.74 / 0.50-0.64 of its time on patnet_t2's maps (56x56x16 to 7x7x128), 0.35 / 0.27 on patnet_t0's
-    14x14x32 and 0.13-0.22 / 0.10-0.17 on the 64 px model's (docs/bench/change-ab.md, ``bf16-dot-conv``)."""
+    0.65-0.82 / 0.51-0.65 of its time on patnet_t2's maps (56x56x16 to 7x7x128), 0.37-0.75 / 0.28-0.51 on
+    patnet_t0's and 0.14-0.20 / 0.13-0.21 on the 64 px model's (docs/bench/bf16_dot_alone.py); whole models, compiled
+    bf16: t0 0.92 / 0.89 of their time, t1 0.93, t2 0.96-0.97, the 64 px model 0.75 / 0.71 (docs/bench/change-ab.md,
+    ``bf16-dot-conv``)."""
 
     __jit_ignored_attributes__ = ["_conv_packed", "_kernel_packed", "_choices"]
 
