@@ -75,6 +75,7 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   bf16-dot-linear before: the bf16 MLP and PAT_sf products as oneDNN linears (eager: packed weight; compiled:
                  inductor's) or torch.addmm, not one C++ call each on AVX512-BF16 dot products
                  (torch.ops.patnet.bf16_linear, activation and residual applied as it writes)
+  all-products   candidate: every bf16 product in the C++ call (no MAX_LINEAR_KERNEL_MACS threshold)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped, in
                  the PyTorch form), so B / A is what the gates cost; the outputs differ
   no-attn        not a change: A is PATNet with PAT_sf's attention replaced by its values (V: SDPA patched, the C++
@@ -453,6 +454,7 @@ CHANGES = {
     "transposed-gelu": [(fused.FusedMlp, "_activated", transposed_gelu_candidate)],
     "bf16-dot-conv": [(fused, "_conv_fits_kernel", lambda x, conv: False)],
     "bf16-dot-linear": [(fused, "_linear_fits_kernel", lambda rows, matrix, bias: False)],
+    "all-products": [(fused, "MAX_LINEAR_KERNEL_MACS", 2 ** 40)],
 }
 
 
