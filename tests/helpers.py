@@ -54,14 +54,15 @@ def pat_block_pair(mixer: str, spatial_attn: bool, dim: int = 48, seed: int = 0)
     return block, fused
 
 
-def recorded(monkeypatch, cls, name: str) -> list:
-    """The shapes of the first argument of every call of ``cls.name`` (a C++ call's wrapper) from now on."""
-    calls, original = [], getattr(cls, name)
+def recorded(monkeypatch, owner, name: str) -> list:
+    """The shapes of the first tensor argument of every call of ``owner.name`` (a method or a module's function,
+    e.g. a C++ call's wrapper) from now on."""
+    calls, original = [], getattr(owner, name)
 
-    def recording(self, first, *args):
-        calls.append(tuple(first.shape))
-        return original(self, first, *args)
-    monkeypatch.setattr(cls, name, recording)
+    def recording(*args, **kwargs):
+        calls.append(tuple(next(arg for arg in args if isinstance(arg, torch.Tensor)).shape))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(owner, name, recording)
     return calls
 
 

@@ -170,13 +170,7 @@ def _convolved(monkeypatch) -> list:
 
 def _multiplied(monkeypatch) -> list:
     """The rows' shapes of every ``bf16_linear`` call the deployed blocks make from now on."""
-    calls, original = [], fused_layers._pairs_product
-
-    def recording(rows, *args, **kwargs):
-        calls.append(tuple(rows.shape))
-        return original(rows, *args, **kwargs)
-    monkeypatch.setattr(fused_layers, "_pairs_product", recording)
-    return calls
+    return recorded(monkeypatch, fused_layers, "_pairs_product")
 
 
 def _without_kernel(monkeypatch, module):

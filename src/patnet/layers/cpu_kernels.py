@@ -76,11 +76,6 @@ def _build() -> bool:
     return True
 
 
-def _small_attention_shape(qkv: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """``small_attention``'s output for tracing: ``(B * L, C)`` rows for ``(B * L, 3 * C)`` qkv rows."""
-    return qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
-
-
 def pack_pairs(matrix: torch.Tensor) -> torch.Tensor:
     """A ``(K, N)`` matrix (``K`` even) in the AVX512-BF16 kernels' layout (``csrc/bf16_dot.h``): ``(K / 2, N rounded
     up to 16, 2)`` bfloat16, ``[pair, n, j] = matrix[2 * pair + j, n]``, zeros in the padding."""
@@ -101,6 +96,11 @@ class PackedPairs(PackedWeight):
 
     def packed(self, weight: torch.Tensor, pack) -> torch.Tensor:
         return self._packed_from(weight, pack)
+
+
+def _small_attention_shape(qkv: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``small_attention``'s output for tracing: ``(B * L, C)`` rows for ``(B * L, 3 * C)`` qkv rows."""
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
 
 
 def _partial_conv_shape(x: torch.Tensor, packed: torch.Tensor, out_channels: int) -> torch.Tensor:

@@ -289,9 +289,14 @@ def _pairs_product(rows: Tensor, matrix: Tensor, bias: Tensor, cache: "cpu_kerne
     time on patnet_t0's products and 0.29-0.38 / 0.28-0.34 on the 64 px model's (docs/bench/bf16_dot_alone.py);
     whole models, compiled bf16: t0 0.95 / 0.87 of their time, the 64 px model 0.66 / 0.81 (docs/bench/change-ab.md,
     ``bf16-dot-linear``)."""
-    pack = cpu_kernels.pack_pairs
-    packed = pack(matrix) if _compiling() else cache.packed(matrix, pack)
+    packed = _packed(matrix, cache, cpu_kernels.pack_pairs)
     return torch.ops.patnet.bf16_linear(rows, packed, bias, matrix.shape[1], activation, residual)
+
+
+def _packed(weight: Tensor, cache: "cpu_kernels.PackedPairs", pack: Callable[[Tensor], Tensor]) -> Tensor:
+    """``pack(weight)`` for the AVX512-BF16 kernels: kept in ``cache`` in eager inference; a compiled graph packs it
+    in the graph, which freezing makes a constant."""
+    return pack(weight) if _compiling() else cache.packed(weight, pack)
 
 
 class _PartialMixer(_RemembersChoices):
@@ -334,10 +339,8 @@ class _PartialMixer(_RemembersChoices):
 
     @torch.jit.unused
     def _kernel_conv(self, convolved: Tensor) -> Tensor:
-        """The C++ conv; a compiled graph packs the weight in the graph (freezing makes that a constant)."""
-        weight = self.conv.weight
-        pack = cpu_kernels.pack_for_partial_conv
-        packed = pack(weight) if _compiling() else self._kernel_packed.packed(weight, pack)
+        """The C++ conv, the weight packed by :func:`_packed`."""
+        packed = _packed(self.conv.weight, self._kernel_packed, cpu_kernels.pack_for_partial_conv)
         return torch.ops.patnet.partial_conv3x3(convolved, packed, self.conv_dim)
 
 

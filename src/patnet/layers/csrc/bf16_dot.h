@@ -1,5 +1,5 @@
 // What the AVX512-BF16 kernels share (partial_conv.cpp, bf16_linear.cpp): the target attribute, the CPU check, the
-// weight layout of the pairwise dot product and the rounded, masked store of a row's 16 outputs.
+// weight layout of the pairwise dot product and the masked loads and rounded stores of a row's 16 values.
 //   packed[pair, o, j] = W[2 * pair + j, o] for a (K, N) matrix W (K even): each pair of input rows' weights for every
 //   output side by side, N rounded up to 16 (zeros there).
 #pragma once
@@ -43,10 +43,20 @@ PATNET_BF16_DOT inline __m512bh load_pairs(const uint16_t* weights) {
   return (__m512bh)_mm512_loadu_si512(weights);
 }
 
+// The first `count` of 16 lanes.
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
+}
+
 // The first `count` (up to 16) of a row's float outputs to bfloat16, rounded to nearest even.
 PATNET_BF16_DOT inline void store_bf16(uint16_t* out, __m512 values, int64_t count) {
-  const __mmask16 mask = count >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
-  _mm256_mask_storeu_epi16(out, mask, (__m256i)_mm512_cvtneps_pbh(values));
+  _mm256_mask_storeu_epi16(out, first_lanes(count), (__m256i)_mm512_cvtneps_pbh(values));
+}
+
+// The first `count` (up to 16) bfloat16 values from `in` as floats, zeros in the other lanes.
+PATNET_BF16_DOT inline __m512 load_bf16(const uint16_t* in, int64_t count) {
+  const __m256i halves = _mm256_maskz_loadu_epi16(first_lanes(count), in);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
 }
 #endif
 

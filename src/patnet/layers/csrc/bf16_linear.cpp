@@ -79,21 +79,10 @@ PATNET_BF16_DOT inline void block(const uint16_t* rows, const uint16_t* weight, 
   }
   for (int i = 0; i < kRows; ++i) {
     for (int v = 0; v < kVectors; ++v) {
-      const int64_t col = column + v * 16, count = std::min<int64_t>(16, p.columns - col);
-      Floats x;
-      std::memcpy(&x, &acc[i][v], sizeof x);
-      x = activated(x, p.activation);
-      if (residual != nullptr) {
-        const __mmask16 mask = count >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << count) - 1);
-        const __m256i halves = _mm256_maskz_loadu_epi16(mask, residual + (row + i) * p.residual_stride + col);
-        const __m512 added = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
-        Floats r;
-        std::memcpy(&r, &added, sizeof r);
-        x += r;
-      }
-      __m512 result;
-      std::memcpy(&result, &x, sizeof result);
-      store_bf16(out + (row + i) * p.columns + col, result, count);
+      const int64_t col = column + v * 16, count = p.columns - col;  // store_bf16 and load_bf16 take up to 16
+      Floats x = activated(acc[i][v], p.activation);
+      if (residual != nullptr) x += load_bf16(residual + (row + i) * p.residual_stride + col, count);
+      store_bf16(out + (row + i) * p.columns + col, x, count);
     }
   }
 }
