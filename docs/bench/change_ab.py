@@ -75,7 +75,10 @@ of per-round ratios, with the 10th-90th percentiles of B / A. Changes (what A is
   bf16-dot-linear before: the bf16 MLP and PAT_sf products as oneDNN linears (eager: packed weight; compiled:
                  inductor's) or torch.addmm, not one C++ call each on AVX512-BF16 dot products
                  (torch.ops.patnet.bf16_linear, activation and residual applied as it writes)
-  all-products   candidate: every bf16 product in the C++ call (no MAX_LINEAR_KERNEL_MACS threshold)
+  products-threshold before: bf16 products over 2^23 multiply-adds in oneDNN, not the C++ call (the rule until the
+                 kernels' weights were packed in panels of 64 outputs)
+  compiled-cpp-gate before: under torch.compile PAT_ch's statistics, gate and concatenation as inductor's
+                 kernels, not one C++ call (torch.ops.patnet.gated_concat, as eager inference has it)
   unit-gates     not a change: A is PATNet with every PAT_ch gate's scale 1 (statistics and product skipped, in
                  the PyTorch form), so B / A is what the gates cost; the outputs differ
   no-attn        not a change: A is PATNet with PAT_sf's attention replaced by its values (V: SDPA patched, the C++
@@ -399,6 +402,14 @@ def bf16_convs_candidate(x, matrix):
     return SHIPPED_CONVS_WHEN_COMPILED(x, matrix)
 
 
+SHIPPED_KERNEL_FITS = fused.FusedPartialChannelAttn._kernel_fits
+SHIPPED_LINEAR_FITS = fused._linear_fits_kernel
+
+
+def products_threshold_before(rows, matrix, bias):
+    return rows.shape[0] * matrix.shape[0] * matrix.shape[1] <= 2 ** 23 and SHIPPED_LINEAR_FITS(rows, matrix, bias)
+
+
 def few_rows_candidate(rows, matrix):
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or not onednn.HAS_KERNEL:
         return False
@@ -454,7 +465,9 @@ CHANGES = {
     "transposed-gelu": [(fused.FusedMlp, "_activated", transposed_gelu_candidate)],
     "bf16-dot-conv": [(fused, "_conv_fits_kernel", lambda x, conv: False)],
     "bf16-dot-linear": [(fused, "_linear_fits_kernel", lambda rows, matrix, bias: False)],
-    "all-products": [(fused, "MAX_LINEAR_KERNEL_MACS", 2 ** 40)],
+    "products-threshold": [(fused, "_linear_fits_kernel", products_threshold_before)],
+    "compiled-cpp-gate": [(fused.FusedPartialChannelAttn, "_kernel_fits",
+                           lambda self, x: not fused._compiling() and SHIPPED_KERNEL_FITS(self, x))],
 }
 
 

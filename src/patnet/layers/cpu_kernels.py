@@ -70,6 +70,7 @@ def _build() -> bool:
         return _unavailable(_first_cause(str(exc)) or type(exc).__name__)
     if not all(hasattr(torch.ops.patnet, op) for op in OPS):
         return False
+    torch.library.register_fake("patnet::gated_concat", _gated_concat_shape)
     torch.library.register_fake("patnet::small_attention", _small_attention_shape)
     torch.library.register_fake("patnet::partial_conv3x3", _partial_conv_shape)
     torch.library.register_fake("patnet::bf16_linear", _bf16_linear_shape)
@@ -77,11 +78,12 @@ def _build() -> bool:
 
 
 def pack_pairs(matrix: torch.Tensor) -> torch.Tensor:
-    """A ``(K, N)`` matrix (``K`` even) in the AVX512-BF16 kernels' layout (``csrc/bf16_dot.h``): ``(K / 2, N rounded
-    up to 16, 2)`` bfloat16, ``[pair, n, j] = matrix[2 * pair + j, n]``, zeros in the padding."""
+    """A ``(K, N)`` matrix (``K`` even) in the AVX512-BF16 kernels' layout (``csrc/bf16_dot.h``): panels of 64 outputs,
+    ``(N / 64 rounded up, K / 2, 64, 2)`` bfloat16, ``[panel, pair, n, j] = matrix[2 * pair + j, 64 * panel + n]``,
+    zeros in the padding."""
     depth, width = matrix.shape
-    pairs = matrix.reshape(depth // 2, 2, width).transpose(1, 2)
-    return F.pad(pairs.to(torch.bfloat16), (0, 0, 0, -width % 16)).contiguous()
+    pairs = F.pad(matrix.to(torch.bfloat16).reshape(depth // 2, 2, width).transpose(1, 2), (0, 0, 0, -width % 64))
+    return pairs.reshape(depth // 2, -1, 64, 2).transpose(0, 1).contiguous()
 
 
 def pack_for_partial_conv(weight: torch.Tensor) -> torch.Tensor:
@@ -96,6 +98,11 @@ class PackedPairs(PackedWeight):
 
     def packed(self, weight: torch.Tensor, pack) -> torch.Tensor:
         return self._packed_from(weight, pack)
+
+
+def _gated_concat_shape(x: torch.Tensor, conv: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``gated_concat``'s output for tracing: a channels-last map shaped and typed like ``x``."""
+    return torch.empty_like(x, memory_format=torch.channels_last)
 
 
 def _small_attention_shape(qkv: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -255,19 +255,14 @@ def _kernels_on() -> bool:
     return cpu_kernels.available_when_compiled() if _compiling() else cpu_kernels.available()
 
 
-MAX_LINEAR_KERNEL_MACS = 2 ** 23  # bf16_linear up to this many multiply-adds a product: _linear_fits_kernel
-
-
 def _linear_fits_kernel(rows: Tensor, matrix: Tensor, bias: Tensor) -> bool:
     """Whether ``rows @ matrix + bias`` may run as ``torch.ops.patnet.bf16_linear`` (:mod:`~patnet.layers.cpu_kernels`):
     a CPU with AVX512-BF16 and no AMX, bfloat16 inference by :func:`_kernel_takes`'s rule, eager or compiled, rows
-    with unit column stride, an even depth and at most :data:`MAX_LINEAR_KERNEL_MACS` multiply-adds, where oneDNN's
-    fixed cost a call outweighs what its GEMM does better: with every product in the kernel, compiled bf16 patnet_t0
-    took 0.95 / 0.86 of its time (one / two threads), but patnet_t2 0.99 / 1.02, t1 1.01 / 1.03 and s 1.03 / 1.03,
-    whose products run 13-58 M multiply-adds (docs/bench/change-ab.md, ``bf16-dot-linear``)."""
+    with unit column stride and an even depth, whatever the product's size. With its weights in panels of 64 outputs
+    the kernel took every product of patnet_t1, t2 and s from oneDNN at a gain: compiled bf16 t2 0.95 / 0.91 of its
+    time with products over 2^23 multiply-adds left to oneDNN (one / two threads), s 0.98 / 0.92-0.96, eager bf16 t2
+    0.92 / 0.90 (docs/bench/change-ab.md, ``products-threshold``)."""
     if not cpu_kernels.BF16_DOT_CPU or rows.dtype != torch.bfloat16 or rows.stride(1) != 1 or matrix.shape[0] % 2:
-        return False
-    if rows.shape[0] * matrix.shape[0] * matrix.shape[1] > MAX_LINEAR_KERNEL_MACS:
         return False
     return _kernel_takes((rows, matrix, bias))
 
@@ -385,11 +380,10 @@ class FusedPartialChannelAttn(_PartialMixer):
     @torch.jit.unused
     def _kernel_fits(self, x: Tensor) -> bool:
         """Whether this call may run the gate and concatenation as one C++ call
-        (:mod:`~patnet.layers.cpu_kernels`): eager CPU inference on a channels-last float32 or bfloat16 map,
-        one dtype throughout (no autocast: the conv's output then has its weight's), nothing that needs a
-        gradient. ``docs/bench/change-ab.md`` (``cpp-gate``)."""
-        if _compiling():
-            return False
+        (:mod:`~patnet.layers.cpu_kernels`): CPU inference, eager or compiled, on a channels-last float32 or
+        bfloat16 map, one dtype throughout (no autocast: the conv's output then has its weight's), nothing that needs
+        a gradient. ``docs/bench/change-ab.md`` (``cpp-gate``; compiled: ``compiled-cpp-gate``, within the spread
+        of inductor's own gate kernels, one path for both)."""
         tensors = (x, self.conv.weight, self.gate.weight, self.gate.bias)
         return _kernel_takes(tensors) and x.is_contiguous(memory_format=torch.channels_last)
 

@@ -1,7 +1,9 @@
 // What the AVX512-BF16 kernels share (partial_conv.cpp, bf16_linear.cpp): the target attribute, the CPU check, the
 // weight layout of the pairwise dot product and the masked loads and rounded stores of a row's 16 values.
-//   packed[pair, o, j] = W[2 * pair + j, o] for a (K, N) matrix W (K even): each pair of input rows' weights for every
-//   output side by side, N rounded up to 16 (zeros there).
+//   packed[panel, pair, o, j] = W[2 * pair + j, 64 * panel + o] for a (K, N) matrix W (K even): panels of 64 outputs
+//   (zeros past N), each pair of input rows' weights for a panel's outputs side by side, a panel's pairs one after
+//   another, so a block of 64 outputs reads its weights as one stream (weights cold in the caches: measured, a
+//   (K / 2, N, 2) layout striding over whole rows of N made the products of large matrices slower than oneDNN's).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,6 +31,16 @@ inline bool cpu_has_bf16_dot() {
 }
 
 inline int64_t padded_to_16(int64_t n) { return (n + 15) / 16 * 16; }
+
+constexpr int64_t kPanelOutputs = 64;  // outputs of a weight panel: the kernels' blocks of 4 vectors
+
+inline int64_t panels_for(int64_t outputs) { return (outputs + kPanelOutputs - 1) / kPanelOutputs; }
+
+// The packed weights of pair `pair` for outputs from `first_out` (a multiple of kPanelOutputs) on, in a packing of
+// `pairs` pairs; the 16-output vectors follow each other.
+inline const uint16_t* panel_pairs(const uint16_t* packed, int64_t pairs, int64_t first_out, int64_t pair) {
+  return packed + (first_out / kPanelOutputs * pairs + pair) * kPanelOutputs * 2;
+}
 
 #if PATNET_HAS_BF16_DOT
 // A pair of bfloat16 inputs (one 32-bit word) in every lane: one operand of _mm512_dpbf16_ps.

@@ -68,10 +68,10 @@ PATNET_BF16_DOT inline void block(const uint16_t* rows, const uint16_t* weight, 
     for (int i = 0; i < kRows; ++i) acc[i][v] = start;
   }
   const uint16_t* first = rows + row * p.row_stride;
-  const uint16_t* panel = weight + column * 2;
+  const uint16_t* panel = panel_pairs(weight, p.pairs, column, 0);
   for (int64_t k = 0; k < p.pairs; ++k) {
     __m512bh weights[kVectors];
-    for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(panel + k * p.padded * 2 + v * 32);
+    for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(panel + k * kPanelOutputs * 2 + v * 32);
     for (int i = 0; i < kRows; ++i) {
       const __m512bh inputs = broadcast_pair(first + i * p.row_stride + 2 * k);
       for (int v = 0; v < kVectors; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], inputs, weights[v]);
@@ -132,10 +132,11 @@ void check_inputs(const at::Tensor& rows, const at::Tensor& packed, const at::Te
   TORCH_CHECK(rows.dim() == 2 && rows.stride(1) == 1 && rows.scalar_type() == at::kBFloat16 && rows.size(1) % 2 == 0,
               "bf16_linear: rows must be a bfloat16 (M, K) matrix with unit column stride and K even");
   TORCH_CHECK(columns > 0, "bf16_linear: out_features must be positive");
-  TORCH_CHECK(packed.scalar_type() == at::kBFloat16 && packed.is_contiguous() && packed.dim() == 3 &&
-                  packed.size(0) == rows.size(1) / 2 && packed.size(1) == padded_to_16(columns) && packed.size(2) == 2,
+  TORCH_CHECK(packed.scalar_type() == at::kBFloat16 && packed.is_contiguous() &&
+                  packed.dim() == 4 && packed.size(0) == panels_for(columns) && packed.size(1) == rows.size(1) / 2 &&
+                  packed.size(2) == kPanelOutputs && packed.size(3) == 2,
               "bf16_linear: the weight must be packed by patnet.layers.cpu_kernels.pack_pairs: a contiguous bfloat16 "
-              "(K / 2, N rounded up to 16, 2) tensor");
+              "(N / 64 rounded up, K / 2, 64, 2) tensor");
   TORCH_CHECK(bias.dim() == 1 && bias.numel() == columns && bias.is_contiguous() &&
                   (bias.scalar_type() == at::kBFloat16 || bias.scalar_type() == at::kFloat),
               "bf16_linear: bias must be a contiguous vector of out_features float32 or bfloat16 values");
@@ -153,7 +154,7 @@ at::Tensor bf16_linear(const at::Tensor& rows, const at::Tensor& packed, const a
   check_inputs(rows, packed, bias, out_features, residual);
   at::Tensor out = at::empty({rows.size(0), out_features}, rows.options());
 #if PATNET_HAS_BF16_DOT
-  const Product p{rows.size(0), rows.size(1) / 2, out_features, packed.size(1), rows.stride(0),
+  const Product p{rows.size(0), rows.size(1) / 2, out_features, padded_to_16(out_features), rows.stride(0),
                   residual.has_value() ? residual->stride(0) : 0, act};
   std::vector<float> bias_floats(p.padded, 0.0f);
   if (bias.scalar_type() == at::kFloat) {
@@ -169,9 +170,14 @@ at::Tensor bf16_linear(const at::Tensor& rows, const at::Tensor& packed, const a
   auto* output = reinterpret_cast<uint16_t*>(out.mutable_data_ptr<c10::BFloat16>());
   const int64_t chunks = (p.rows + kRowChunk - 1) / kRowChunk, blocks = (p.columns + kColumnBlock - 1) / kColumnBlock;
   const int64_t item_macs = std::max<int64_t>(1, std::min(kRowChunk, p.rows) * p.pairs * 2 * kColumnBlock);
+  // Column blocks outermost while the rows are fewer than the blocks (a thread keeps its weight panels), else row
+  // chunks (a thread reads its rows once and writes whole output rows).
+  const bool columns_outer = chunks < blocks;
   at::parallel_for(0, blocks * chunks, std::max<int64_t>(1, kGrainMacs / item_macs), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {  // column blocks outermost: a thread keeps its weight panels
-      const int64_t column = item / chunks * kColumnBlock, first = item % chunks * kRowChunk;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t block = columns_outer ? item / chunks : item % blocks;
+      const int64_t chunk = columns_outer ? item % chunks : item / blocks;
+      const int64_t column = block * kColumnBlock, first = chunk * kRowChunk;
       work_item(input, weight, bias_floats.data(), added, p, first, std::min(first + kRowChunk, p.rows), column,
                 output);
     }

@@ -2,7 +2,7 @@
 //   out[b, o, h, w] = sum over c, dy, dx of x[b, c, h + dy - 1, w + dx - 1] * weight[o, c, dy, dx]
 // zero padding 1, stride 1, no bias, for a channels-innermost x (a channels-last map or a channel slice of one)
 // and a weight packed by patnet.layers.cpu_kernels.pack_for_partial_conv: the (9 C_in, C_out) matrix of its taps and
-// input channels (tap-major) in the pairs layout of bf16_dot.h, (9 C_in / 2, C_out rounded up to 16, 2). Products of bfloat16 pairs accumulate in
+// input channels (tap-major) in the panel layout of bf16_dot.h, (C_out / 64 rounded up, 9 C_in / 2, 64, 2). Products of bfloat16 pairs accumulate in
 // float32 and round to bfloat16 once. oneDNN's conv spends 12-18 us of fixed cost a call (building its
 // descriptors) beside its arithmetic: more than the arithmetic on PATNet's small partial maps.
 #include <ATen/ATen.h>
@@ -22,7 +22,7 @@ constexpr int64_t kOutBlock = 64;         // output channels a pass over the inp
 constexpr int64_t kGrainMacs = 1 << 19;   // multiply-adds a thread takes at least
 
 struct Geometry {
-  int64_t height, width, pairs, out_channels, out_padded;
+  int64_t height, width, pairs, out_channels;
   int64_t row_stride, pixel_stride;  // x's strides in elements
 };
 
@@ -37,7 +37,7 @@ PATNET_BF16_DOT inline void pixel_block(const uint16_t* x, const uint16_t* weigh
   __m512 acc[kPixels][kVectors];
   for (int i = 0; i < kPixels; ++i)
     for (int v = 0; v < kVectors; ++v) acc[i][v] = _mm512_setzero_ps();
-  const int64_t pair_stride = g.out_padded * 2, tap_stride = g.pairs * pair_stride;
+  const uint16_t* panel = panel_pairs(weight, 9 * g.pairs, first_out, 0);
   for (int dy = 0; dy < 3; ++dy) {
     const int64_t row = h + dy - 1;
     if (row < 0 || row >= g.height) continue;
@@ -47,10 +47,10 @@ PATNET_BF16_DOT inline void pixel_block(const uint16_t* x, const uint16_t* weigh
         const int64_t col = w + i + dx - 1;
         in[i] = (col < 0 || col >= g.width) ? kZeros : x + row * g.row_stride + col * g.pixel_stride;
       }
-      const uint16_t* taps = weight + (dy * 3 + dx) * tap_stride + first_out * 2;
+      const uint16_t* taps = panel + (dy * 3 + dx) * g.pairs * kPanelOutputs * 2;
       for (int64_t p = 0; p < g.pairs; ++p) {
         __m512bh weights[kVectors];
-        for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(taps + p * pair_stride + v * 32);
+        for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(taps + p * kPanelOutputs * 2 + v * 32);
         for (int i = 0; i < kPixels; ++i) {
           const __m512bh inputs = broadcast_pair(in[i] + 2 * p);
           for (int v = 0; v < kVectors; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], inputs, weights[v]);
@@ -105,11 +105,11 @@ void check_inputs(const at::Tensor& x, const at::Tensor& packed, int64_t out_cha
   TORCH_CHECK(in_channels > 0 && in_channels % 2 == 0 && in_channels <= kMaxInChannels,
               "partial_conv3x3: x must have an even number of channels, at most ", kMaxInChannels);
   TORCH_CHECK(out_channels > 0, "partial_conv3x3: out_channels must be positive");
-  const int64_t padded = padded_to_16(out_channels);
-  TORCH_CHECK(packed.scalar_type() == at::kBFloat16 && packed.is_contiguous() && packed.dim() == 3 &&
-                  packed.size(0) == 9 * in_channels / 2 && packed.size(1) == padded && packed.size(2) == 2,
+  TORCH_CHECK(packed.scalar_type() == at::kBFloat16 && packed.is_contiguous() && packed.dim() == 4 &&
+                  packed.size(0) == panels_for(out_channels) && packed.size(1) == 9 * in_channels / 2 &&
+                  packed.size(2) == kPanelOutputs && packed.size(3) == 2,
               "partial_conv3x3: the weight must be packed by patnet.layers.cpu_kernels.pack_for_partial_conv: a "
-              "contiguous bfloat16 (9 C_in / 2, C_out rounded up to 16, 2) tensor");
+              "contiguous bfloat16 (C_out / 64 rounded up, 9 C_in / 2, 64, 2) tensor");
 }
 
 at::Tensor partial_conv3x3(const at::Tensor& x, const at::Tensor& packed, int64_t out_channels) {
@@ -118,7 +118,7 @@ at::Tensor partial_conv3x3(const at::Tensor& x, const at::Tensor& packed, int64_
   at::Tensor out = at::empty({batch, out_channels, height, width},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
 #if PATNET_HAS_BF16_DOT
-  const Geometry g{height, width, x.size(1) / 2, out_channels, packed.size(1), x.stride(2), x.stride(3)};
+  const Geometry g{height, width, x.size(1) / 2, out_channels, x.stride(2), x.stride(3)};
   const auto* input = reinterpret_cast<const uint16_t*>(x.const_data_ptr<c10::BFloat16>());
   const auto* weight = reinterpret_cast<const uint16_t*>(packed.const_data_ptr<c10::BFloat16>());
   auto* output = reinterpret_cast<uint16_t*>(out.mutable_data_ptr<c10::BFloat16>());
