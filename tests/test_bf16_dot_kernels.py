@@ -134,8 +134,9 @@ def test_bf16_linear_takes_a_float32_bias(bf16_dot):
     assert (_linear(x, matrix, bias).double() - exact).abs().max().item() <= 2 ** -8 * exact.abs().max().item()
 
 
-def test_bf16_linear_does_not_depend_on_the_thread_count(bf16_dot):
-    x, matrix, bias, residual = _linear_inputs(196, 256, 512, seed=2)
+@pytest.mark.parametrize("rows, depth, width", [(196, 256, 512), (784, 64, 96)])  # column blocks / row chunks first
+def test_bf16_linear_does_not_depend_on_the_thread_count(bf16_dot, rows, depth, width):
+    x, matrix, bias, residual = _linear_inputs(rows, depth, width, seed=2)
     outputs = on_one_and_two_threads(lambda: _linear(x, matrix, bias, "gelu", residual))
     assert torch.equal(outputs[0], outputs[1])
 

@@ -36,10 +36,10 @@ constexpr int64_t kPanelOutputs = 64;  // outputs of a weight panel: the kernels
 
 inline int64_t panels_for(int64_t outputs) { return (outputs + kPanelOutputs - 1) / kPanelOutputs; }
 
-// The packed weights of pair `pair` for outputs from `first_out` (a multiple of kPanelOutputs) on, in a packing of
-// `pairs` pairs; the 16-output vectors follow each other.
-inline const uint16_t* panel_pairs(const uint16_t* packed, int64_t pairs, int64_t first_out, int64_t pair) {
-  return packed + (first_out / kPanelOutputs * pairs + pair) * kPanelOutputs * 2;
+// The panel of outputs from `first_out` (a multiple of kPanelOutputs) on, in a packing of `pairs` pairs: pair k's
+// weights start kPanelOutputs * 2 * k values further, its 16-output vectors one after another.
+inline const uint16_t* panel_of(const uint16_t* packed, int64_t pairs, int64_t first_out) {
+  return packed + first_out / kPanelOutputs * pairs * kPanelOutputs * 2;
 }
 
 #if PATNET_HAS_BF16_DOT

@@ -68,7 +68,7 @@ PATNET_BF16_DOT inline void block(const uint16_t* rows, const uint16_t* weight, 
     for (int i = 0; i < kRows; ++i) acc[i][v] = start;
   }
   const uint16_t* first = rows + row * p.row_stride;
-  const uint16_t* panel = panel_pairs(weight, p.pairs, column, 0);
+  const uint16_t* panel = panel_of(weight, p.pairs, column);
   for (int64_t k = 0; k < p.pairs; ++k) {
     __m512bh weights[kVectors];
     for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(panel + k * kPanelOutputs * 2 + v * 32);

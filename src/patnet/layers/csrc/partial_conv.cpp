@@ -2,8 +2,8 @@
 //   out[b, o, h, w] = sum over c, dy, dx of x[b, c, h + dy - 1, w + dx - 1] * weight[o, c, dy, dx]
 // zero padding 1, stride 1, no bias, for a channels-innermost x (a channels-last map or a channel slice of one)
 // and a weight packed by patnet.layers.cpu_kernels.pack_for_partial_conv: the (9 C_in, C_out) matrix of its taps and
-// input channels (tap-major) in the panel layout of bf16_dot.h, (C_out / 64 rounded up, 9 C_in / 2, 64, 2). Products of bfloat16 pairs accumulate in
-// float32 and round to bfloat16 once. oneDNN's conv spends 12-18 us of fixed cost a call (building its
+// input channels (tap-major) in the panel layout of bf16_dot.h, (C_out / 64 rounded up, 9 C_in / 2, 64, 2).
+// Products of bfloat16 pairs accumulate in float32 and round to bfloat16 once. oneDNN's conv spends 12-18 us of fixed cost a call (building its
 // descriptors) beside its arithmetic: more than the arithmetic on PATNet's small partial maps.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -37,7 +37,7 @@ PATNET_BF16_DOT inline void pixel_block(const uint16_t* x, const uint16_t* weigh
   __m512 acc[kPixels][kVectors];
   for (int i = 0; i < kPixels; ++i)
     for (int v = 0; v < kVectors; ++v) acc[i][v] = _mm512_setzero_ps();
-  const uint16_t* panel = panel_pairs(weight, 9 * g.pairs, first_out, 0);
+  const uint16_t* panel = panel_of(weight, 9 * g.pairs, first_out);
   for (int dy = 0; dy < 3; ++dy) {
     const int64_t row = h + dy - 1;
     if (row < 0 || row >= g.height) continue;
