@@ -278,8 +278,8 @@ def _kernel_activation(act: nn.Module) -> Optional[str]:
 
 def _pairs_product(rows: Tensor, matrix: Tensor, bias: Tensor, cache: "cpu_kernels.PackedPairs",
                    activation: str = "none", residual: Optional[Tensor] = None) -> Tensor:
-    """``activation(rows @ matrix + bias) [+ residual]`` as one ``bf16_linear`` call; the weight packed once in
-    ``cache`` (a compiled graph packs it in the graph, which freezing makes a constant). oneDNN's linear spends
+    """``activation(rows @ matrix + bias) [+ residual]`` as one ``bf16_linear`` call, the weight packed by
+    :func:`_packed`. oneDNN's linear spends
     about 12 us a call beside its arithmetic; alone, one / two threads, this call takes 0.51-1.04 / 0.44-0.84 of its
     time on patnet_t0's products and 0.29-0.38 / 0.28-0.34 on the 64 px model's (docs/bench/bf16_dot_alone.py);
     whole models, compiled bf16: t0 0.95 / 0.87 of their time, the 64 px model 0.66 / 0.81 (docs/bench/change-ab.md,

@@ -30,14 +30,12 @@ inline bool cpu_has_bf16_dot() {
 #endif
 }
 
-inline int64_t padded_to_16(int64_t n) { return (n + 15) / 16 * 16; }
-
 constexpr int64_t kPanelOutputs = 64;  // outputs of a weight panel: the kernels' blocks of 4 vectors
 
 inline int64_t panels_for(int64_t outputs) { return (outputs + kPanelOutputs - 1) / kPanelOutputs; }
 
-// The panel of outputs from `first_out` (a multiple of kPanelOutputs) on, in a packing of `pairs` pairs: pair k's
-// weights start kPanelOutputs * 2 * k values further, its 16-output vectors one after another.
+// The panel of outputs from `first_out` (a multiple of kPanelOutputs) on, in a packing of `pairs` pairs (read by
+// load_pairs).
 inline const uint16_t* panel_of(const uint16_t* packed, int64_t pairs, int64_t first_out) {
   return packed + first_out / kPanelOutputs * pairs * kPanelOutputs * 2;
 }
@@ -50,9 +48,9 @@ PATNET_BF16_DOT inline __m512bh broadcast_pair(const uint16_t* pair) {
   return (__m512bh)_mm512_set1_epi32(word);
 }
 
-// 16 outputs' packed weights for one pair of inputs: the other operand.
-PATNET_BF16_DOT inline __m512bh load_pairs(const uint16_t* weights) {
-  return (__m512bh)_mm512_loadu_si512(weights);
+// A panel's weights for pair `pair` of inputs and its 16 outputs from 16 * `vector` on: the other operand.
+PATNET_BF16_DOT inline __m512bh load_pairs(const uint16_t* panel, int64_t pair, int vector) {
+  return (__m512bh)_mm512_loadu_si512(panel + (pair * kPanelOutputs + vector * 16) * 2);
 }
 
 // The first `count` of 16 lanes.

@@ -26,7 +26,7 @@ constexpr int64_t kRowChunk = 48;     // rows a thread's work item holds (whole 
 constexpr int64_t kGrainMacs = 1 << 18;
 
 struct Product {
-  int64_t rows, pairs, columns, padded, row_stride, residual_stride;
+  int64_t rows, pairs, columns, row_stride, residual_stride;
   Activation activation;
 };
 
@@ -71,7 +71,7 @@ PATNET_BF16_DOT inline void block(const uint16_t* rows, const uint16_t* weight, 
   const uint16_t* panel = panel_of(weight, p.pairs, column);
   for (int64_t k = 0; k < p.pairs; ++k) {
     __m512bh weights[kVectors];
-    for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(panel + k * kPanelOutputs * 2 + v * 32);
+    for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(panel, k, v);
     for (int i = 0; i < kRows; ++i) {
       const __m512bh inputs = broadcast_pair(first + i * p.row_stride + 2 * k);
       for (int v = 0; v < kVectors; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], inputs, weights[v]);
@@ -154,9 +154,9 @@ at::Tensor bf16_linear(const at::Tensor& rows, const at::Tensor& packed, const a
   check_inputs(rows, packed, bias, out_features, residual);
   at::Tensor out = at::empty({rows.size(0), out_features}, rows.options());
 #if PATNET_HAS_BF16_DOT
-  const Product p{rows.size(0), rows.size(1) / 2, out_features, padded_to_16(out_features), rows.stride(0),
+  const Product p{rows.size(0), rows.size(1) / 2, out_features, rows.stride(0),
                   residual.has_value() ? residual->stride(0) : 0, act};
-  std::vector<float> bias_floats(p.padded, 0.0f);
+  std::vector<float> bias_floats(panels_for(out_features) * kPanelOutputs, 0.0f);  // a block reads whole vectors
   if (bias.scalar_type() == at::kFloat) {
     std::memcpy(bias_floats.data(), bias.const_data_ptr<float>(), out_features * sizeof(float));
   } else {

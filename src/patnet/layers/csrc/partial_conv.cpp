@@ -47,10 +47,10 @@ PATNET_BF16_DOT inline void pixel_block(const uint16_t* x, const uint16_t* weigh
         const int64_t col = w + i + dx - 1;
         in[i] = (col < 0 || col >= g.width) ? kZeros : x + row * g.row_stride + col * g.pixel_stride;
       }
-      const uint16_t* taps = panel + (dy * 3 + dx) * g.pairs * kPanelOutputs * 2;
+      const int64_t tap = (dy * 3 + dx) * g.pairs;  // the tap's first pair in the panel
       for (int64_t p = 0; p < g.pairs; ++p) {
         __m512bh weights[kVectors];
-        for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(taps + p * kPanelOutputs * 2 + v * 32);
+        for (int v = 0; v < kVectors; ++v) weights[v] = load_pairs(panel, tap + p, v);
         for (int i = 0; i < kPixels; ++i) {
           const __m512bh inputs = broadcast_pair(in[i] + 2 * p);
           for (int v = 0; v < kVectors; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], inputs, weights[v]);
